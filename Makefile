@@ -1,0 +1,36 @@
+# Everything starts from nothing but python3: the first target that needs the
+# environment creates .venv, installs the pinned CPU torch first (so the range in
+# pyproject.toml is already satisfied and pip pulls no CUDA wheels), then nfit.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo test bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/nfit image samples/kodim23.png --encoding gauss --sigma 10 --split paper --steps 300 --out runs/demo --force
+	@echo "outputs in runs/demo/: recon.png error.png curve.png report.json model.safetensors"
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check nfit tests bench
+	$(VENV)/bin/mypy nfit
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from nfit.cli import main
+
+main()

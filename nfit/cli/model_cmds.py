@@ -1,0 +1,83 @@
+"""`nfit render`, `nfit info` and `nfit encodings`: commands that read checkpoints or registries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from nfit.checkpoint import load_checkpoint, read_header
+from nfit.cli.common import Device, Json, Quiet, emit, handle_errors, stdout
+from nfit.device import resolve_device
+from nfit.encodings import ENCODINGS
+from nfit.errors import DataError
+from nfit.io import check_output_file
+from nfit.signals import signal_kind
+
+
+def render(
+    model: Annotated[Path, typer.Argument(help="a model.safetensors written by nfit")],
+    out: Annotated[Path, typer.Option(help="output file; its extension picks the format")],
+    size: Annotated[str | None, typer.Option(help="grid size: WIDTHxHEIGHT for images, AxBxC for volumes")] = None,
+    resolution: Annotated[int | None, typer.Option(help="marching-cubes resolution for SDF/occupancy fields")] = None,
+    device: Device = None, json_out: Json = False, quiet: Quiet = False,
+) -> None:
+    """Evaluate a fitted field at any resolution, in memory-bounded chunks."""
+    with handle_errors():
+        meta, _ = read_header(model)
+        kind = signal_kind(meta["signal"].get("kind", ""))
+        check_output_file(out, kind.render_extensions())
+        fld, meta = load_checkpoint(model, resolve_device(device or "auto"))
+        summary = kind.render(fld, meta["signal"], out, size=size, resolution=resolution)
+        emit(summary, json_out, quiet, list(summary.items()))
+
+
+def info(
+    model: Annotated[Path, typer.Argument(help="a model.safetensors written by nfit")],
+    json_out: Json = False,
+) -> None:
+    """Validate a checkpoint and describe it, without loading it onto a device."""
+    with handle_errors():
+        meta, table = read_header(model)
+        from nfit.field import build_field
+
+        try:
+            expected = {k: list(v.shape) for k, v in build_field(meta["field"]).state_dict().items()}
+        except Exception as exc:
+            raise DataError(f"{model}: checkpoint config does not describe a valid field ({exc})") from None
+        found = {k: list(v["shape"]) for k, v in table.items()}
+        if expected != found:
+            raise DataError(f"{model}: tensors do not match the checkpoint's config")
+        params = sum(int(__import__("math").prod(s)) for s in found.values())
+        summary = {"path": str(model), "valid": True, "format_version": int(meta["format_version"]),
+                   "kind": meta["signal"].get("kind"), "signal": meta["signal"],
+                   "field": meta["field"], "tensors": len(found), "values": params,
+                   "metrics": meta["metrics"], "nfit_version": meta.get("nfit_version"),
+                   "torch_version": meta.get("torch_version")}
+        enc = meta["field"]["encoding"]
+        rows = [("checkpoint", str(model)), ("valid", "yes"), ("kind", summary["kind"]),
+                ("source", meta["signal"].get("source")),
+                ("encoding", ", ".join(f"{k}={v}" for k, v in enc.items())),
+                ("network", ", ".join(f"{k}={v}" for k, v in meta["field"]["network"].items())),
+                ("stored values", params)]
+        rows += [(k, v) for k, v in meta["metrics"].items()]
+        rows += [("written by", f"nfit {meta.get('nfit_version')}, torch {meta.get('torch_version')}")]
+        emit(summary, json_out, False, rows)
+
+
+def encodings(json_out: Json = False, quiet: Quiet = False) -> None:
+    """List the registered encodings, their parameters, and what --sigma means for each."""
+    entries = [{"name": name, "summary": cls.summary, "sigma": cls.sigma_meaning,
+                "parameters": list(cls.params), "learned": cls.trainable}
+               for name, cls in sorted(ENCODINGS.items())]
+    if json_out:
+        emit({"encodings": entries}, True, quiet, [])
+        return
+    table = Table(title="encodings")
+    for column in ("name", "what it is", "--sigma means", "parameters"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(e["name"], e["summary"], e["sigma"], ", ".join(e["parameters"]) or "-")
+    stdout.print(table)

@@ -1,0 +1,245 @@
+"""Input encodings: the map gamma(v) applied to coordinates before the network.
+
+Every encoding is an ``nn.Module`` with ``in_dim`` and ``out_dim``, built from a
+plain dict spec with a ``type`` tag (``{"type": "gauss", "sigma": 10.0,
+"features": 256}``) that round-trips through JSON and YAML. Random frequency
+matrices are registered buffers, so a checkpoint reproduces them exactly.
+
+One registry, ``ENCODINGS``, maps names to classes; ``build_encoding`` is the only
+constructor the rest of nfit calls, and everything downstream reads ``out_dim``.
+
+The Fourier families follow Tancik et al. 2020 (eq. 5 and Sec. 6):
+
+    gamma(v) = [cos(2 pi B v), sin(2 pi B v)],   v in [0, 1)^d,  B: (m, d)
+
+with ``a_j = 1``. ``--sigma`` is the scale of B's distribution for every family.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from nfit.errors import UsageError
+
+ENCODINGS: dict[str, type[Encoding]] = {}
+
+
+def register(name: str):
+    """Class decorator that adds an encoding to the registry under ``name``."""
+
+    def wrap(cls: type[Encoding]) -> type[Encoding]:
+        cls.name = name
+        ENCODINGS[name] = cls
+        return cls
+
+    return wrap
+
+
+class Encoding(nn.Module):
+    """Base class. Subclasses set ``out_dim`` in ``__init__`` and implement ``forward``.
+
+    Class attributes describe the encoding for ``nfit encodings`` and the CLI:
+    ``uses_sigma`` (does ``--sigma`` mean anything), ``trainable`` (has learned
+    parameters, so its output cannot be cached across steps) and ``sigma_meaning``.
+    """
+
+    name: ClassVar[str] = ""
+    uses_sigma: ClassVar[bool] = False
+    trainable: ClassVar[bool] = False
+    sigma_meaning: ClassVar[str] = "not used"
+    summary: ClassVar[str] = ""
+    #: keyword arguments of ``__init__`` that a spec may carry (others are dropped)
+    params: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.out_dim = in_dim
+
+    def spec(self) -> dict[str, Any]:
+        """The plain-dict config that rebuilds this encoding (buffers come from the checkpoint)."""
+        return {"type": self.name}
+
+
+@register("none")
+class Identity(Encoding):
+    summary = "no mapping: the raw coordinates v"
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        return coords
+
+
+class FourierFeatures(Encoding):
+    """gamma(v) = [cos(2 pi B v), sin(2 pi B v)] for a frequency matrix B: (m, d).
+
+    coords: (N, d) float in [0, 1)^d  ->  (N, 2m).
+    """
+
+    def __init__(self, in_dim: int, frequencies: torch.Tensor) -> None:
+        super().__init__(in_dim)
+        if frequencies.ndim != 2 or frequencies.shape[1] != in_dim:
+            raise ValueError(f"frequency matrix must be (m, {in_dim}), got {tuple(frequencies.shape)}")
+        self.register_buffer("B", frequencies.to(torch.float32))
+        self.out_dim = 2 * frequencies.shape[0]
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        proj = (2.0 * math.pi) * (coords.to(self.B.dtype) @ self.B.T)
+        return torch.cat([torch.cos(proj), torch.sin(proj)], dim=-1)
+
+
+@register("basic")
+class Basic(FourierFeatures):
+    summary = "[cos 2 pi v, sin 2 pi v]: B is the identity"
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__(in_dim, torch.eye(in_dim))
+
+
+@register("posenc")
+class PositionalEncoding(FourierFeatures):
+    """Log-linear, on-axis frequencies sigma^(j/m), j = 0..m-1, for each axis separately.
+
+    ``features`` is the total number of frequencies across axes, so m = features // d
+    per axis and out_dim = 2 * m * d, comparable with the random families.
+    """
+
+    uses_sigma = True
+    params = ("sigma", "features")
+    sigma_meaning = "largest frequency: levels sigma^(j/m), j = 0..m-1, per axis"
+    summary = "positional encoding, log-linear frequencies on each axis"
+
+    def __init__(self, in_dim: int, sigma: float, features: int) -> None:
+        levels = max(features // in_dim, 1)
+        scales = sigma ** (torch.arange(levels, dtype=torch.float64) / levels)
+        eye = torch.eye(in_dim, dtype=torch.float64)
+        frequencies = (scales[:, None, None] * eye[None]).reshape(levels * in_dim, in_dim)
+        super().__init__(in_dim, frequencies)
+        self.sigma, self.features = float(sigma), int(features)
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.name, "sigma": self.sigma, "features": self.features}
+
+
+class RandomFourierFeatures(FourierFeatures):
+    """B: (features, d) with i.i.d. entries drawn by ``sample`` at scale sigma."""
+
+    uses_sigma = True
+    params = ("sigma", "features", "seed")
+
+    def __init__(self, in_dim: int, sigma: float, features: int, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(int(seed))
+        frequencies = self.sample((features, in_dim), float(sigma), generator)
+        super().__init__(in_dim, frequencies)
+        self.sigma, self.features, self.seed = float(sigma), int(features), int(seed)
+
+    @staticmethod
+    def sample(shape: tuple[int, int], sigma: float, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def frequency_std(sigma: float) -> float:
+        """Standard deviation of one entry of B, in closed form (tests compare samples to it)."""
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.name, "sigma": self.sigma, "features": self.features, "seed": self.seed}
+
+
+@register("gauss")
+class GaussianFourierFeatures(RandomFourierFeatures):
+    sigma_meaning = "standard deviation of B ~ N(0, sigma^2)"
+    summary = "Gaussian random Fourier features"
+
+    @staticmethod
+    def sample(shape, sigma, generator):
+        return torch.randn(shape, generator=generator, dtype=torch.float64) * sigma
+
+    @staticmethod
+    def frequency_std(sigma: float) -> float:
+        return sigma
+
+
+@register("laplace")
+class LaplaceFourierFeatures(RandomFourierFeatures):
+    sigma_meaning = "scale b of B ~ Laplace(0, b=sigma) (std = sqrt(2) sigma)"
+    summary = "Laplacian random Fourier features"
+
+    @staticmethod
+    def sample(shape, sigma, generator):
+        # Inverse CDF of the Laplace distribution from u ~ U(-1/2, 1/2).
+        u = torch.rand(shape, generator=generator, dtype=torch.float64) - 0.5
+        u = u.clamp(-0.5 + 1e-12, 0.5 - 1e-12)
+        return -sigma * torch.sign(u) * torch.log1p(-2.0 * u.abs())
+
+    @staticmethod
+    def frequency_std(sigma: float) -> float:
+        return math.sqrt(2.0) * sigma
+
+
+@register("uniform")
+class UniformFourierFeatures(RandomFourierFeatures):
+    sigma_meaning = "upper bound of B ~ sigma * U[0, 1) (std = sigma / sqrt(12))"
+    summary = "uniform random Fourier features"
+
+    @staticmethod
+    def sample(shape, sigma, generator):
+        return torch.rand(shape, generator=generator, dtype=torch.float64) * sigma
+
+    @staticmethod
+    def frequency_std(sigma: float) -> float:
+        return sigma / math.sqrt(12.0)
+
+
+@register("loguniform")
+class LogUniformFourierFeatures(RandomFourierFeatures):
+    sigma_meaning = "base of B ~ sigma^U, U ~ U[0, 1): frequencies from 1 to sigma, log-uniform"
+    summary = "log-uniform random Fourier features"
+
+    @staticmethod
+    def sample(shape, sigma, generator):
+        return sigma ** torch.rand(shape, generator=generator, dtype=torch.float64)
+
+    @staticmethod
+    def frequency_std(sigma: float) -> float:
+        if abs(sigma - 1.0) < 1e-12:
+            return 0.0
+        log_s = math.log(sigma)
+        mean = (sigma - 1.0) / log_s
+        second = (sigma**2 - 1.0) / (2.0 * log_s)
+        return math.sqrt(max(second - mean**2, 0.0))
+
+
+def encoding_names() -> list[str]:
+    return sorted(ENCODINGS)
+
+
+def build_encoding(spec: dict[str, Any], in_dim: int) -> Encoding:
+    """Construct an encoding from its spec dict (the inverse of ``Encoding.spec``).
+
+    Raises UsageError for an unknown type or a bad sigma, so the CLI can print one line.
+    """
+    spec = dict(spec)
+    name = spec.pop("type", None)
+    if name not in ENCODINGS:
+        raise UsageError(f"unknown encoding {name!r}; choose from: {', '.join(encoding_names())}")
+    cls = ENCODINGS[name]
+    if cls.uses_sigma:
+        sigma = spec.get("sigma")
+        if sigma is None or not math.isfinite(float(sigma)) or float(sigma) <= 0:
+            raise UsageError(f"--sigma must be a positive number for encoding {name!r}, got {sigma}")
+        if name == "loguniform" and float(sigma) < 1:
+            raise UsageError("--sigma must be >= 1 for loguniform (frequencies range from 1 to sigma)")
+        features = int(spec.get("features", 256))
+        if features < 1:
+            raise UsageError(f"--features must be at least 1, got {features}")
+        spec["features"] = features
+    # Keys that mean nothing to this encoding (sigma for "none", say) are dropped.
+    spec = {k: v for k, v in spec.items() if k in cls.params}
+    try:
+        return cls(in_dim, **spec)
+    except TypeError as exc:
+        raise UsageError(f"bad parameters for encoding {name!r}: {exc}") from None

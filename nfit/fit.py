@@ -1,0 +1,209 @@
+"""The one fit loop: ``fit(field, problem, cfg, device=...) -> FitResult``.
+
+It owns precision (fp32, or bf16 autocast with fp32 master weights and loss), full
+batch versus random minibatches, evaluation every ``cfg.eval_every`` steps, and NaN
+detection. A fixed encoding (no learned parameters) is applied to the training and
+evaluation coordinates once, before the first step, and the network trains on the
+cached features; a learned encoding (grids) runs every step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from nfit.config import FitConfig
+from nfit.device import autocast, configure_matmul
+from nfit.errors import DivergenceError
+from nfit.field import Field
+from nfit.metrics import psnr_from_mse
+
+#: Cached features above this many bytes are not cached; the encoding then runs per step.
+FEATURE_CACHE_BYTES = 4 << 30
+EVAL_CHUNK = 1 << 16
+
+
+@dataclass
+class Problem:
+    """What to fit.
+
+    train_x: (N, d) coordinates; train_y: (N, C) targets. eval_sets: name -> (x, y),
+    typically "val" and "test". loss: "mse" (values in [0, 1]; metric PSNR) or
+    "bce" (targets in {0, 1}, the field outputs logits; metric accuracy).
+    sampler: optional ``(step, generator) -> (x, y)`` that replaces train_x/train_y
+    with fresh points each step (mesh SDFs resample around the surface).
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    loss: str = "mse"
+    sampler: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def metric_name(self) -> str:
+        return "psnr" if self.loss == "mse" else "accuracy"
+
+
+@dataclass
+class FitResult:
+    field: Field
+    history: list[dict[str, float]]
+    metrics: dict[str, float]
+    steps: int
+    wall_time: float
+    device: str
+    precision: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / self.wall_time if self.wall_time > 0 else float("nan")
+
+
+def loss_fn(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    pred = pred.float()
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(pred, target)
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+def score(kind: str, pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
+    """(loss, metric) of predictions against targets, in float64 on the host."""
+    pred, target = pred.double(), target.double()
+    if kind == "mse":
+        mse = float(torch.mean((pred - target) ** 2))
+        return mse, psnr_from_mse(mse)
+    loss = float(F.binary_cross_entropy_with_logits(pred, target))
+    return loss, float(((pred > 0).double() == target).double().mean())
+
+
+class _Inputs:
+    """Coordinates turned into what the trainable part of the field reads.
+
+    With a fixed encoding the features are computed once (in the compute dtype);
+    otherwise the raw coordinates are kept and the whole field runs each step.
+    """
+
+    def __init__(self, fld: Field, cache: bool, dtype: torch.dtype) -> None:
+        self.field, self.cache, self.dtype = fld, cache, dtype
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cache:
+            return x
+        with torch.no_grad():
+            return torch.cat([self.field.encoding(x[i:i + EVAL_CHUNK]).to(self.dtype)
+                              for i in range(0, len(x), EVAL_CHUNK)])
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.field.network(inputs) if self.cache else self.field(inputs)
+
+
+def _can_cache(fld: Field, n_points: int, dtype: torch.dtype) -> bool:
+    if any(p.requires_grad for p in fld.encoding.parameters()):
+        return False
+    nbytes = n_points * fld.encoding.out_dim * torch.finfo(dtype).bits // 8
+    return nbytes <= FEATURE_CACHE_BYTES
+
+
+def predict(fld: Field, x: torch.Tensor, *, chunk: int = EVAL_CHUNK) -> torch.Tensor:
+    """fp32 predictions of the field at x: (N, d), in chunks; returns (N, C) on x's device."""
+    with torch.no_grad():
+        return torch.cat([fld(x[i:i + chunk]).float() for i in range(0, len(x), chunk)])
+
+
+def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, precision: str,
+        on_eval: Callable[[dict[str, float]], None] | None = None) -> FitResult:
+    """Train ``fld`` on ``problem`` for ``cfg.steps`` Adam steps and return its metrics.
+
+    Raises DivergenceError when the loss becomes NaN or infinite (checked every step on
+    the CPU, where it costs nothing, and at every evaluation elsewhere).
+    """
+    configure_matmul(device, precision)
+    fld.to(device)
+    compute_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
+
+    train_x = problem.train_x.to(device)
+    train_y = problem.train_y.to(device)
+    cache = problem.sampler is None and _can_cache(fld, len(train_x), compute_dtype)
+    inputs = _Inputs(fld, cache, compute_dtype)
+    train_in = inputs.prepare(train_x)
+    eval_in = {name: (inputs.prepare(x.to(device)) if cache else x.to(device), y.to(device))
+               for name, (x, y) in problem.eval_sets.items()}
+
+    params = [p for p in fld.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, foreach=True)
+    history: list[dict[str, float]] = []
+    n_train = len(train_x)
+    batch = cfg.batch if 0 < cfg.batch < n_train else 0
+    check_every = 1 if device.type == "cpu" else 10
+    recent = torch.zeros((), device=device)
+
+    def evaluate(step: int, train_loss: float) -> dict[str, float]:
+        row = {"step": float(step), "train_loss": train_loss}
+        if problem.loss == "mse":
+            row["train_psnr"] = psnr_from_mse(train_loss)
+        with torch.no_grad(), autocast(device, precision):
+            for name, (x, y) in eval_in.items():
+                pred = torch.cat([inputs.forward(x[i:i + EVAL_CHUNK]).float()
+                                  for i in range(0, len(x), EVAL_CHUNK)])
+                row[f"{name}_loss"], row[f"{name}_{problem.metric_name}"] = score(problem.loss, pred, y)
+        return row
+
+    fld.train()
+    start = time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        if problem.sampler is not None:
+            bx, by = problem.sampler(step, generator)
+            xin, yt = bx.to(device), by.to(device)
+        elif batch:
+            idx = torch.randint(n_train, (batch,), device=device, generator=generator)
+            xin, yt = train_in[idx], train_y[idx]
+        else:
+            xin, yt = train_in, train_y
+        with autocast(device, precision):
+            pred = inputs.forward(xin)
+        loss = loss_fn(problem.loss, pred, yt)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        recent = loss.detach()
+        if step % check_every == 0 and not torch.isfinite(recent):
+            _diverged(step, cfg, precision)
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            train_loss = float(recent)
+            if not math.isfinite(train_loss):
+                _diverged(step, cfg, precision)
+            row = evaluate(step, train_loss)
+            row["time"] = time.perf_counter() - start
+            history.append(row)
+            if on_eval is not None:
+                on_eval(row)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    fld.eval()
+
+    metrics: dict[str, float] = {}
+    sets = {"train": (train_x, train_y)} if problem.sampler is None else {}
+    sets.update({k: (x.to(device), y.to(device)) for k, (x, y) in problem.eval_sets.items()})
+    for name, (x, y) in sets.items():
+        metrics[f"{name}_loss"], metrics[f"{name}_{problem.metric_name}"] = score(
+            problem.loss, predict(fld, x), y)
+    return FitResult(fld, history, metrics, cfg.steps, wall, str(device), precision)
+
+
+def _diverged(step: int, cfg: FitConfig, precision: str) -> None:
+    hint = f"try a lower learning rate than --lr {cfg.lr:g}"
+    if precision != "fp32":
+        hint += " or --precision fp32"
+    raise DivergenceError(f"the fit diverged (loss is NaN or infinite) at step {step}; {hint}")

@@ -1,0 +1,18 @@
+"""Signal kinds, found through one registry: ``SIGNAL_KINDS[name]``."""
+
+from __future__ import annotations
+
+from nfit.errors import UsageError
+from nfit.signals.base import SignalKind, Task
+from nfit.signals.image import IMAGE
+
+SIGNAL_KINDS: dict[str, SignalKind] = {IMAGE.name: IMAGE}
+
+
+def signal_kind(name: str) -> SignalKind:
+    if name not in SIGNAL_KINDS:
+        raise UsageError(f"unknown signal kind {name!r}; choose from {', '.join(SIGNAL_KINDS)}")
+    return SIGNAL_KINDS[name]
+
+
+__all__ = ["SIGNAL_KINDS", "SignalKind", "Task", "signal_kind"]
