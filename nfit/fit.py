@@ -114,6 +114,26 @@ def _can_cache(fld: Field, n_points: int, dtype: torch.dtype) -> bool:
     return nbytes <= FEATURE_CACHE_BYTES
 
 
+def make_optimizer(fld: Field, cfg: FitConfig) -> torch.optim.Optimizer:
+    """Adam over the field's parameters. A submodule may define ``optimizer_settings(cfg)``
+    returning Adam keyword overrides for its own parameters (grid models follow their
+    papers' lr/betas/eps); everything else uses ``lr=cfg.lr`` and torch's defaults."""
+    groups: list[dict[str, Any]] = []
+    claimed: set[int] = set()
+    for module in fld.modules():
+        settings = getattr(module, "optimizer_settings", None)
+        if settings is None:
+            continue
+        params = [p for p in module.parameters() if p.requires_grad and id(p) not in claimed]
+        if params:
+            groups.append({"params": params, **settings(cfg)})
+            claimed.update(id(p) for p in params)
+    rest = [p for p in fld.parameters() if p.requires_grad and id(p) not in claimed]
+    if rest:
+        groups.append({"params": rest})
+    return torch.optim.Adam(groups, lr=cfg.lr, foreach=True)
+
+
 def predict(fld: Field, x: torch.Tensor, *, chunk: int = EVAL_CHUNK) -> torch.Tensor:
     """fp32 predictions of the field at x: (N, d), in chunks; returns (N, C) on x's device."""
     with torch.no_grad():
@@ -140,8 +160,7 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
     eval_in = {name: (inputs.prepare(x.to(device)) if cache else x.to(device), y.to(device))
                for name, (x, y) in problem.eval_sets.items()}
 
-    params = [p for p in fld.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, foreach=True)
+    optimizer = make_optimizer(fld, cfg)
     history: list[dict[str, float]] = []
     n_train = len(train_x)
     batch = cfg.batch if 0 < cfg.batch < n_train else 0
