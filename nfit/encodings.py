@@ -79,6 +79,8 @@ class FourierFeatures(Encoding):
     coords: (N, d) float in [0, 1)^d  ->  (N, 2m).
     """
 
+    B: torch.Tensor
+
     def __init__(self, in_dim: int, frequencies: torch.Tensor) -> None:
         super().__init__(in_dim)
         if frequencies.ndim != 2 or frequencies.shape[1] != in_dim:

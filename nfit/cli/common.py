@@ -21,7 +21,8 @@ stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
 
 # Shared option types: None defaults mean "not given", so YAML values can stand under them.
-Encoding = Annotated[str | None, typer.Option(help="input encoding: none, basic, posenc, gauss, laplace, uniform, loguniform (see `nfit encodings`)")]
+Encoding = Annotated[str | None, typer.Option(
+    help="input encoding: none, basic, posenc, gauss, laplace, uniform, loguniform (see `nfit encodings`)")]
 Sigma = Annotated[float | None, typer.Option(help="bandwidth: scale of the encoding's frequencies (default 10)")]
 Features = Annotated[int | None, typer.Option(help="number of Fourier frequencies m (default 256)")]
 Model = Annotated[str | None, typer.Option(help="network: mlp (default mlp)")]

@@ -8,9 +8,29 @@ from typing import Annotated, Any
 import typer
 
 from nfit.api import fit_file, prepare_task
-from nfit.cli.common import (Batch, ConfigFile, Depth, Device, Encoding, EvalEvery, Features,
-                             Force, Json, Lr, Model, Out, Precision, Quiet, Seed, Sigma, Steps,
-                             Width, emit, fit_progress, handle_errors)
+from nfit.cli.common import (
+    Batch,
+    ConfigFile,
+    Depth,
+    Device,
+    Encoding,
+    EvalEvery,
+    Features,
+    Force,
+    Json,
+    Lr,
+    Model,
+    Out,
+    Precision,
+    Quiet,
+    Seed,
+    Sigma,
+    Steps,
+    Width,
+    emit,
+    fit_progress,
+    handle_errors,
+)
 from nfit.config import load_yaml_config, merge_config
 from nfit.io import resolve_out_dir
 from nfit.signals import signal_kind
@@ -44,7 +64,8 @@ def image(
     encoding: Encoding = None, sigma: Sigma = None, features: Features = None, model: Model = None,
     width: Width = None, depth: Depth = None, steps: Steps = None, lr: Lr = None, seed: Seed = None,
     device: Device = None, precision: Precision = None,
-    split: Annotated[str | None, typer.Option(help="paper (512 crop, train [::2,::2], test [1::2,1::2]), all, or random[:F] (default paper)")] = None,
+    split: Annotated[str | None, typer.Option(
+        help="paper (512 crop, train [::2,::2], test [1::2,1::2]), all, or random[:F] (default paper)")] = None,
     batch: Batch = None, eval_every: EvalEvery = None, out: Out = None, config: ConfigFile = None,
     json_out: Json = False, quiet: Quiet = False, force: Force = False,
 ) -> None:

@@ -79,5 +79,6 @@ def encodings(json_out: Json = False, quiet: Quiet = False) -> None:
     for column in ("name", "what it is", "--sigma means", "parameters"):
         table.add_column(column)
     for e in entries:
-        table.add_row(e["name"], e["summary"], e["sigma"], ", ".join(e["parameters"]) or "-")
+        table.add_row(str(e["name"]), str(e["summary"]), str(e["sigma"]),
+                      ", ".join(map(str, e["parameters"])) or "-")  # type: ignore[call-overload]
     stdout.print(table)

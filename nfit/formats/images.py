@@ -78,7 +78,8 @@ def _decode_pillow(path: Path) -> np.ndarray:
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as opened:
+            im: Image.Image = opened
             _check_size(path, im.width, im.height)
             im.load()
             mode = im.mode

@@ -46,7 +46,8 @@ def parse_split(text: str) -> tuple[str, float]:
         except ValueError:
             raise UsageError(f"bad --split {text!r}: expected random:F with F a number") from None
         if not 0.0 < fraction < 0.5:
-            raise UsageError(f"--split random:F needs 0 < F < 0.5 (F held out for test and for validation), got {fraction}")
+            raise UsageError(f"--split random:F needs 0 < F < 0.5 (F is held out for test and again "
+                             f"for validation), got {fraction}")
         return "random", fraction
     raise UsageError(f"unknown --split {text!r}; choose paper, all, or random[:F]")
 

@@ -85,8 +85,8 @@ def parse_size(text: str, dims: int) -> tuple[int, ...]:
 
 
 class ImageKind:
-    name = "image"
-    extensions = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+    name: str = "image"
+    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_image(path)

@@ -1,0 +1,181 @@
+"""The command line through Typer's runner: outputs, JSON, YAML config, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from nfit.cli import app
+
+runner = CliRunner()
+TINY = ["--sigma", "3", "--features", "16", "--width", "32", "--depth", "2", "--steps", "40", "--lr", "1e-2",
+        "--split", "all", "--device", "cpu", "--precision", "fp32", "--quiet"]
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def one_line_error(result, code: int, needle: str) -> None:
+    assert result.exit_code == code, (result.exit_code, result.output)
+    err = result.stderr.strip()
+    assert err.startswith("nfit: error:"), err
+    assert "Traceback" not in result.output and "Traceback" not in err
+    assert needle.lower() in err.lower(), err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_fit_writes_outputs_and_json(tiny_rgb: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run("image", str(tiny_rgb), *TINY, "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["test"]["psnr"] > 15
+    assert report["channels"] == "RGB"
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["metrics"] == report["metrics"]
+    for key in ("wall_time_s", "steps_per_s", "parameters", "device", "precision", "config", "versions"):
+        assert key in on_disk
+    assert 0 < on_disk["test"]["ssim"] <= 1
+    lines = (out / "curve.csv").read_text().splitlines()
+    assert lines[0].startswith("step,") and len(lines) == 1 + 2  # evaluations at steps 25 and 40
+    # info and render on the checkpoint
+    info = run("info", str(out / "model.safetensors"), "--json")
+    assert info.exit_code == 0 and json.loads(info.stdout)["valid"] is True
+    big = tmp_path / "big.png"
+    rendered = run("render", str(out / "model.safetensors"), "--size", "64x48", "--out", str(big), "--quiet")
+    assert rendered.exit_code == 0, rendered.output
+    from nfit.formats.images import read_image
+
+    assert read_image(big)[0].shape == (48, 64, 3)
+
+
+def test_yaml_config_under_flags(tiny_rgb: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"encoding": "posenc", "sigma": 5, "steps": 7, "width": 16}))
+    out = tmp_path / "run"
+    result = run("image", str(tiny_rgb), "--config", str(cfg), "--steps", "3", "--out", str(out),
+                 "--split", "all", "--quiet")
+    assert result.exit_code == 0, result.output
+    effective = yaml.safe_load((out / "config.yaml").read_text())
+    assert effective["encoding"] == "posenc" and effective["sigma"] == 5.0
+    assert effective["steps"] == 3 and effective["width"] == 16
+
+
+def test_existing_out_refused_without_force(tiny_rgb: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert run("image", str(tiny_rgb), *TINY, "--out", str(out)).exit_code == 0
+    one_line_error(run("image", str(tiny_rgb), *TINY, "--out", str(out)), 2, "--force")
+    assert run("image", str(tiny_rgb), *TINY, "--out", str(out), "--force").exit_code == 0
+
+
+def _bad_images(tmp: Path) -> dict[str, tuple[Path, str]]:
+    import imagecodecs
+
+    good = imagecodecs.png_encode((np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8))
+    (tmp / "truncated.png").write_bytes(good[: len(good) // 2])
+    (tmp / "text.png").write_text("this is not an image\n")
+    (tmp / "empty.png").write_bytes(b"")
+    (tmp / "one.png").write_bytes(imagecodecs.png_encode(np.zeros((1, 1, 3), np.uint8)))
+    return {
+        "missing": (tmp / "nope.png", "no such file"),
+        "text": (tmp / "text.png", "not an image"),
+        "truncated": (tmp / "truncated.png", "truncated"),
+        "empty": (tmp / "empty.png", "empty"),
+        "1x1": (tmp / "one.png", "1x1"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "text", "truncated", "empty", "1x1"])
+def test_bad_image_files(case: str, tmp_path: Path) -> None:
+    path, needle = _bad_images(tmp_path)[case]
+    out = tmp_path / "out"
+    one_line_error(run("image", str(path), *TINY, "--out", str(out)), 1, needle)
+    assert not out.exists()
+
+
+def test_zero_by_zero_image(tmp_path: Path) -> None:
+    import struct
+    import zlib
+
+    # A PNG whose header says 0x0 (valid chunk CRCs): refused before decoding.
+    ihdr = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    data = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk
+            + struct.pack(">I", zlib.crc32(chunk)) + b"\x00\x00\x00\x00IEND\xaeB`\x82")
+    path = tmp_path / "zero.png"
+    path.write_bytes(data)
+    one_line_error(run("image", str(path), *TINY, "--out", str(tmp_path / "o")), 1, "0x0")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--sigma", "0"], "sigma"),
+    (["--sigma", "-2"], "sigma"),
+    (["--steps", "0"], "steps"),
+    (["--encoding", "wavelet"], "unknown encoding"),
+    (["--split", "halves"], "split"),
+    (["--device", "tpu"], "device"),
+])
+def test_bad_options_are_usage_errors(args: list[str], needle: str, tiny_rgb: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    one_line_error(run("image", str(tiny_rgb), *TINY, *args, "--out", str(out)), 2, needle)
+    assert not out.exists()
+
+
+def test_out_is_a_file_or_not_writable(tiny_rgb: Path, tmp_path: Path) -> None:
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    one_line_error(run("image", str(tiny_rgb), *TINY, "--out", str(afile)), 2, "is a file")
+    if os.geteuid() != 0:  # root can write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        one_line_error(run("image", str(tiny_rgb), *TINY, "--out", str(locked / "o")), 2, "not writable")
+
+
+def test_render_bad_extension_and_missing_checkpoint(tiny_rgb: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert run("image", str(tiny_rgb), *TINY, "--out", str(out)).exit_code == 0
+    one_line_error(run("render", str(out / "model.safetensors"), "--out", str(tmp_path / "x.gif")),
+                   2, "unsupported output extension")
+    assert not (tmp_path / "x.gif").exists()
+    one_line_error(run("render", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "x.png")),
+                   1, "no such checkpoint")
+    one_line_error(run("info", str(tiny_rgb)), 1, "not a safetensors checkpoint")
+
+
+def test_divergence_is_reported(tiny_rgb: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run("image", str(tiny_rgb), "--encoding", "gauss", "--sigma", "3", "--width", "32",
+                 "--steps", "50", "--lr", "1e30", "--split", "all", "--device", "cpu",
+                 "--precision", "fp32", "--quiet", "--out", str(out))
+    one_line_error(result, 1, "diverged")
+    assert "learning rate" in result.stderr
+    assert not out.exists()
+
+
+def test_encodings_lists_the_registry() -> None:
+    result = run("encodings", "--json")
+    assert result.exit_code == 0
+    names = {e["name"] for e in json.loads(result.stdout)["encodings"]}
+    assert {"none", "basic", "posenc", "gauss", "laplace", "uniform", "loguniform"} <= names
+
+
+def test_python_dash_m_and_parser_errors_in_one_line(tiny_rgb: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "nfit", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("nfit ")
+    # Errors found by the option parser itself go through the same one-line rule.
+    proc = subprocess.run([sys.executable, "-m", "nfit", "image", str(tiny_rgb), "--steps", "many"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("nfit: error:") and "--steps" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
