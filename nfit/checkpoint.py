@@ -93,11 +93,10 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return parsed, header
 
 
-def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Field, dict[str, Any]]:
-    """Rebuild the field from its config and load its tensors; return (field, metadata)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def validate_checkpoint(path: Path) -> tuple[Field, dict[str, Any], dict[str, Any]]:
+    """Check a checkpoint without reading its tensors: header, metadata, and every tensor's
+    shape against the architecture its config describes. Returns (an untrained field of
+    that architecture on the CPU, metadata, tensor table)."""
     meta, table = read_header(path)
     try:
         fld = build_field(meta["field"])
@@ -114,6 +113,15 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Fie
             f"shape mismatch in {wrong[:3]}" if wrong else "",
             f"unexpected {extra[:3]}" if extra else "") if s)
         raise DataError(f"{path}: tensors do not match the checkpoint's config ({detail})")
+    return fld, meta, table
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Field, dict[str, Any]]:
+    """Rebuild the field from its config and load its tensors; return (field, metadata)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    fld, meta, _ = validate_checkpoint(path)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:

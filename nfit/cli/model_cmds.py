@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from nfit.checkpoint import load_checkpoint, read_header
+from nfit.checkpoint import load_checkpoint, read_header, validate_checkpoint
 from nfit.cli.common import Device, Json, Quiet, emit, handle_errors, stdout
 from nfit.device import resolve_device
 from nfit.encodings import ENCODINGS
-from nfit.errors import DataError
 from nfit.io import check_output_file
 from nfit.signals import signal_kind
 
@@ -40,20 +40,12 @@ def info(
 ) -> None:
     """Validate a checkpoint and describe it, without loading it onto a device."""
     with handle_errors():
-        meta, table = read_header(model)
-        from nfit.field import build_field
-
-        try:
-            expected = {k: list(v.shape) for k, v in build_field(meta["field"]).state_dict().items()}
-        except Exception as exc:
-            raise DataError(f"{model}: checkpoint config does not describe a valid field ({exc})") from None
-        found = {k: list(v["shape"]) for k, v in table.items()}
-        if expected != found:
-            raise DataError(f"{model}: tensors do not match the checkpoint's config")
-        params = sum(int(__import__("math").prod(s)) for s in found.values())
+        _, meta, table = validate_checkpoint(model)
+        shapes = [v["shape"] for v in table.values()]
+        params = sum(math.prod(shape) for shape in shapes)
         summary = {"path": str(model), "valid": True, "format_version": int(meta["format_version"]),
                    "kind": meta["signal"].get("kind"), "signal": meta["signal"],
-                   "field": meta["field"], "tensors": len(found), "values": params,
+                   "field": meta["field"], "tensors": len(shapes), "values": params,
                    "metrics": meta["metrics"], "nfit_version": meta.get("nfit_version"),
                    "torch_version": meta.get("torch_version")}
         enc = meta["field"]["encoding"]
