@@ -17,7 +17,8 @@ As every width n_l -> infinity, the tangent kernel becomes deterministic:
 with (u, u') ~ N(0, Sigma^l on {v, v'}) and the arc-cosine expectations (Cho and Saul
 2009), for rho = Sigma(v, v') / sqrt(Sigma(v, v) Sigma(v', v')), theta = arccos rho:
 
-    E[relu(u) relu(u')]   = sqrt(Sigma(v,v) Sigma(v',v')) (sin theta + (pi - theta) cos theta) / (2 pi)
+    E[relu(u) relu(u')]   = sqrt(Sigma(v,v) Sigma(v',v'))
+                            * (sin theta + (pi - theta) cos theta) / (2 pi)
     E[relu'(u) relu'(u')] = (pi - theta) / (2 pi)
 
 The input kernel of a Fourier-feature mapping gamma(v) = [a_j cos(2 pi b_j^T v),
@@ -67,7 +68,8 @@ def relu_ntk_from_input(h12: torch.Tensor, h11: torch.Tensor, h22: torch.Tensor,
         norm = torch.sqrt(s11[:, None] * s22[None, :])
         rho = (s12 / norm).clamp(-1.0, 1.0)
         angle = torch.arccos(rho)
-        s12 = sw2 * norm * (torch.sin(angle) + (math.pi - angle) * torch.cos(angle)) / (2 * math.pi) + sb2
+        arc = torch.sin(angle) + (math.pi - angle) * torch.cos(angle)
+        s12 = sw2 * norm * arc / (2 * math.pi) + sb2
         sdot = sw2 * (math.pi - angle) / (2 * math.pi)
         # On the diagonal theta = 0: E[relu(u)^2] = Sigma/2.
         s11 = sw2 * s11 / 2 + sb2
@@ -128,7 +130,7 @@ class NTKMLP(nn.Module):
         self.features = features
         dims = [n0] + [width] * (depth - 1) + [out_dim]
         self.layers = nn.ModuleList(NTKLinear(a, b, sigma_w, sigma_b)
-                                    for a, b in zip(dims[:-1], dims[1:]))
+                                    for a, b in zip(dims[:-1], dims[1:], strict=True))
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         h = self.features(v)

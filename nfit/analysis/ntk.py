@@ -120,7 +120,7 @@ class _LinearFactors:
                     grads = torch.autograd.grad(f[:, c].sum(), zs,
                                                 retain_graph=k < len(outputs) - 1,
                                                 allow_unused=True)
-                    for n, z, g in zip(order, zs, grads):
+                    for n, z, g in zip(order, zs, grads, strict=True):
                         deltas[n].append(torch.zeros_like(z) if g is None else g.detach())
         finally:
             for h in handles:

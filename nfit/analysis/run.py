@@ -17,8 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from nfit.analysis.figures import (plot_band_heatmaps, plot_final_errors, plot_kernel_rows,
-                                   plot_prediction, plot_spectrum, write_spectrum_csv, p_label)
+from nfit.analysis.figures import (
+    p_label,
+    plot_band_heatmaps,
+    plot_final_errors,
+    plot_kernel_rows,
+    plot_prediction,
+    plot_spectrum,
+    write_spectrum_csv,
+)
 from nfit.analysis.spectral_bias import run_spectral_bias
 from nfit.analysis.study import EncodingStudy, KernelOptions, study_encoding, subsample
 from nfit.config import FitConfig

@@ -37,6 +37,9 @@ class PowerLawFeatures(nn.Module):
     v: (N, 1) in [0, 1) -> (N, 2 n_freq); p = inf gives the basic mapping (n_freq = 1).
     """
 
+    a: torch.Tensor
+    b: torch.Tensor
+
     def __init__(self, p: float, n_freq: int) -> None:
         super().__init__()
         if math.isinf(p):
@@ -72,7 +75,8 @@ def parse_p_list(text: str) -> list[float]:
         try:
             value = float("inf") if part in ("inf", "infinity") else float(part)
         except ValueError:
-            raise UsageError(f"bad --p entry {part!r}: expected numbers or inf, comma-separated") from None
+            raise UsageError(f"bad --p entry {part!r}: expected numbers or inf, "
+                             "comma-separated") from None
         if not value >= 0 or math.isnan(value):
             raise UsageError(f"--p values must be >= 0 (or inf), got {part}")
         values.append(value)
@@ -151,7 +155,8 @@ def run_spectral_bias(ps: list[float], *, alpha: float = 1.0, n: int = 64, width
                 break
             loss = F.mse_loss(pred, y_train)
             if not torch.isfinite(loss):
-                raise UsageError(f"gradient descent diverged for p={p:g}; try fewer --steps or a smaller --width")
+                raise UsageError(f"gradient descent diverged for p={p:g}; "
+                                 "try fewer --steps or a smaller --width")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

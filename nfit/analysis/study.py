@@ -25,8 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from nfit.analysis.ntk import make_ntk_fn
-from nfit.analysis.predict import (eigh_desc, generalization_measure, gradient_descent_mse,
-                                   psnr, stable_lr)
+from nfit.analysis.predict import (
+    eigh_desc,
+    generalization_measure,
+    gradient_descent_mse,
+    psnr,
+    stable_lr,
+)
 from nfit.analysis.regions import activation_regions
 from nfit.config import FitConfig
 from nfit.errors import UsageError
@@ -110,9 +115,11 @@ class EncodingStudy:
             "kernel_seconds": self.kernel_seconds,
             "eigenvalue_max": float(lam[0]), "eigenvalue_min": float(lam[-1]),
             # participation ratio (sum lam)^2 / sum lam^2: how many directions carry the kernel
-            "effective_rank": float(lam.clip(0).sum() ** 2 / max((lam.clip(0) ** 2).sum(), 1e-300)),
+            "effective_rank": float(lam.clip(0).sum() ** 2
+                                    / max((lam.clip(0) ** 2).sum(), 1e-300)),
             "generalization_delta": self.delta, "lr": self.lr, "steps": int(last["step"]),
-            "predicted": {"train_psnr": last["pred_train_psnr"], "test_psnr": last["pred_test_psnr"]},
+            "predicted": {"train_psnr": last["pred_train_psnr"],
+                          "test_psnr": last["pred_test_psnr"]},
             "measured": {"train_psnr": last["train_psnr"], "test_psnr": last["test_psnr"]},
             "kernel_drift": self.drift,
             "activation_regions": {"before": self.regions_before, "after": self.regions_after,
@@ -265,6 +272,7 @@ def study_encoding(task: Any, cfg: FitConfig, data: Subset, opts: KernelOptions,
     curve = []
     for step, (train_mse, test_mse) in sorted(record.items()):
         p_train, p_test = predict(step)
+        assert p_test is not None
         curve.append({"step": float(step), "pred_train_psnr": psnr(p_train, y_np),
                       "pred_test_psnr": psnr(p_test, yte_np),
                       "train_psnr": -10 * math.log10(max(train_mse, 1e-300)),

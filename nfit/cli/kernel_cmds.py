@@ -8,8 +8,22 @@ from typing import Annotated, Any
 
 import typer
 
-from nfit.cli.common import (ConfigFile, Depth, Device, Features, Force, Json, Out, Quiet, Seed,
-                             Sigma, Width, emit, handle_errors, stderr)
+from nfit.cli.common import (
+    ConfigFile,
+    Depth,
+    Device,
+    Features,
+    Force,
+    Json,
+    Out,
+    Quiet,
+    Seed,
+    Sigma,
+    Width,
+    emit,
+    handle_errors,
+    stderr,
+)
 from nfit.config import load_yaml_config, merge_config
 from nfit.errors import UsageError
 from nfit.io import resolve_out_dir
