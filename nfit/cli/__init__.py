@@ -7,7 +7,7 @@ import sys
 import typer
 
 from nfit import __version__
-from nfit.cli import fit_cmds, model_cmds
+from nfit.cli import fit_cmds, kernel_cmds, model_cmds
 
 app = typer.Typer(
     name="nfit",
@@ -21,6 +21,8 @@ app.command()(fit_cmds.image)
 app.command()(model_cmds.render)
 app.command()(model_cmds.info)
 app.command()(model_cmds.encodings)
+app.command()(kernel_cmds.kernel)
+app.command("spectral-bias")(kernel_cmds.spectral_bias)
 
 
 def _version(value: bool) -> None:
