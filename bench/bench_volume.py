@@ -53,7 +53,8 @@ start = time.perf_counter()
 result = fit_task(task, cfg)
 total = time.perf_counter() - start
 gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
-print(json.dumps({"before_mb": loaded, "peak_mb": status_mb("VmHWM") if reset else rss_mb(), "steps_per_s": result.steps_per_s,
+peak = status_mb("VmHWM") if reset else rss_mb()
+print(json.dumps({"before_mb": loaded, "peak_mb": peak, "steps_per_s": result.steps_per_s,
                   "fit_s": total, "test_psnr": result.metrics.get("test_psnr"),
                   "voxels": int(torch.tensor(task.meta["shape"]).prod()),
                   "device": result.device, "gpu_peak_mb": gpu}))

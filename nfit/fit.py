@@ -256,7 +256,8 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
     fld.eval()
 
     metrics: dict[str, float] = {}
-    sets = {"train": (train_x, train_y)} if problem.sampler is None else {}
+    sets: dict[str, tuple[torch.Tensor, torch.Tensor] | PointSource] = (
+        {"train": (train_x, train_y)} if problem.sampler is None else {})
     sets.update(problem.eval_sets)
     for name, held in sets.items():
         chunks = held.chunks(EVAL_CHUNK) if isinstance(held, PointSource) else [held]

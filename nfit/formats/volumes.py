@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,7 @@ def _read_nifti(path: Path) -> VolumeFile:
     import nibabel as nib
 
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))
         shape = tuple(int(n) for n in img.shape)
         # NIfTI stores vectors/channels in the 5th axis with a singleton 4th (time) axis.
         if len(shape) == 5 and shape[3] == 1:

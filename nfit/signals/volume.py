@@ -266,7 +266,7 @@ def plot_volume_slices(path: Path, truth: list[np.ndarray], recon: list[np.ndarr
 
 class VolumeKind:
     name = "volume"
-    extensions = VOLUME_EXTENSIONS
+    extensions: tuple[str, ...] = VOLUME_EXTENSIONS
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_volume(path)
