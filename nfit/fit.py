@@ -5,15 +5,20 @@ batch versus random minibatches, evaluation every ``cfg.eval_every`` steps, and 
 detection. A fixed encoding (no learned parameters) is applied to the training and
 evaluation coordinates once, before the first step, and the network trains on the
 cached features; a learned encoding (grids) runs every step.
+
+Signals too large to hold as coordinates (volumes) pass a ``sampler`` for training and
+``PointSource`` held-out sets: those are scored on a fixed random subset of
+``EVAL_SUBSET`` points during training and in full, chunk by chunk, at the end, so
+memory is bounded by the batch and the chunk, not by the signal.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +32,23 @@ from nfit.metrics import psnr_from_mse
 #: Cached features above this many bytes are not cached; the encoding then runs per step.
 FEATURE_CACHE_BYTES = 4 << 30
 EVAL_CHUNK = 1 << 16
+#: Points of a PointSource scored at each evaluation during training (a fixed subset).
+EVAL_SUBSET = 1 << 16
+
+
+@runtime_checkable
+class PointSource(Protocol):
+    """A held-out set produced on demand instead of held as (x, y) tensors.
+
+    ``chunks(size)`` yields every point once as (x: (n, d), y: (n, C)) with n <= size;
+    ``sample(n, generator)`` returns n points drawn at random (generator on the CPU).
+    """
+
+    def __len__(self) -> int: ...
+
+    def chunks(self, size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass
@@ -37,12 +59,15 @@ class Problem:
     typically "val" and "test". loss: "mse" (values in [0, 1]; metric PSNR) or
     "bce" (targets in {0, 1}, the field outputs logits; metric accuracy).
     sampler: optional ``(step, generator) -> (x, y)`` that replaces train_x/train_y
-    with fresh points each step (mesh SDFs resample around the surface).
+    with fresh points each step (mesh SDFs resample around the surface; volumes draw a
+    minibatch of voxels); train_x/train_y may then be empty. An eval set may be a
+    PointSource instead of a tuple when its coordinates are too many to hold.
     """
 
     train_x: torch.Tensor
     train_y: torch.Tensor
-    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor] | PointSource] = field(
+        default_factory=dict)
     loss: str = "mse"
     sampler: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None
 
@@ -78,12 +103,26 @@ def loss_fn(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
 def score(kind: str, pred: torch.Tensor, target: torch.Tensor) -> tuple[float, float]:
     """(loss, metric) of predictions against targets, in float64 on the host."""
-    pred, target = pred.double(), target.double()
+    return score_chunks(kind, [(pred, target)])
+
+
+def score_chunks(kind: str,
+                 pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """``score`` over (pred, target) chunks: sums accumulated in float64, divided at the end."""
+    total = hits = 0.0
+    count = 0
+    for pred, target in pairs:
+        pred, target = pred.double(), target.double()
+        count += target.numel()
+        if kind == "mse":
+            total += float(torch.sum((pred - target) ** 2))
+        else:
+            total += float(F.binary_cross_entropy_with_logits(pred, target, reduction="sum"))
+            hits += float(((pred > 0).double() == target).double().sum())
+    loss = total / count if count else float("nan")
     if kind == "mse":
-        mse = float(torch.mean((pred - target) ** 2))
-        return mse, psnr_from_mse(mse)
-    loss = float(F.binary_cross_entropy_with_logits(pred, target))
-    return loss, float(((pred > 0).double() == target).double().mean())
+        return loss, psnr_from_mse(loss)
+    return loss, hits / count if count else float("nan")
 
 
 class _Inputs:
@@ -157,8 +196,12 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
     cache = problem.sampler is None and _can_cache(fld, len(train_x), compute_dtype)
     inputs = _Inputs(fld, cache, compute_dtype)
     train_in = inputs.prepare(train_x)
-    eval_in = {name: (inputs.prepare(x.to(device)) if cache else x.to(device), y.to(device))
-               for name, (x, y) in problem.eval_sets.items()}
+    subset_generator = torch.Generator().manual_seed(int(cfg.seed))
+    eval_in = {}
+    for name, held in problem.eval_sets.items():
+        x, y = held.sample(min(EVAL_SUBSET, len(held)), subset_generator) \
+            if isinstance(held, PointSource) else held
+        eval_in[name] = (inputs.prepare(x.to(device)) if cache else x.to(device), y.to(device))
 
     optimizer = make_optimizer(fld, cfg)
     history: list[dict[str, float]] = []
@@ -213,11 +256,13 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
     fld.eval()
 
     metrics: dict[str, float] = {}
-    sets = {"train": (train_x, train_y)} if problem.sampler is None else {}
-    sets.update({k: (x.to(device), y.to(device)) for k, (x, y) in problem.eval_sets.items()})
-    for name, (x, y) in sets.items():
-        metrics[f"{name}_loss"], metrics[f"{name}_{problem.metric_name}"] = score(
-            problem.loss, predict(fld, x), y)
+    sets: dict[str, tuple[torch.Tensor, torch.Tensor] | PointSource] = (
+        {"train": (train_x, train_y)} if problem.sampler is None else {})
+    sets.update(problem.eval_sets)
+    for name, held in sets.items():
+        chunks = held.chunks(EVAL_CHUNK) if isinstance(held, PointSource) else [held]
+        metrics[f"{name}_loss"], metrics[f"{name}_{problem.metric_name}"] = score_chunks(
+            problem.loss, ((predict(fld, x.to(device)), y.to(device)) for x, y in chunks))
     return FitResult(fld, history, metrics, cfg.steps, wall, str(device), precision)
 
 

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from nfit import __version__
-from nfit.cli import fit_cmds, kernel_cmds, model_cmds
+from nfit.cli import fit_cmds, kernel_cmds, model_cmds, volume_cmds
 
 app = typer.Typer(
     name="nfit",
@@ -18,6 +18,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command()(fit_cmds.image)
+app.command()(volume_cmds.volume)
 app.command()(model_cmds.render)
 app.command()(model_cmds.info)
 app.command()(model_cmds.encodings)

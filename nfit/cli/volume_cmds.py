@@ -1,0 +1,47 @@
+"""`nfit volume`: fit a field to a 3D volume (NIfTI, .npy, TIFF stack)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nfit.cli.common import (
+    ConfigFile,
+    Depth,
+    Device,
+    Encoding,
+    EvalEvery,
+    Features,
+    Force,
+    Json,
+    Lr,
+    Model,
+    Out,
+    Precision,
+    Quiet,
+    Seed,
+    Sigma,
+    Steps,
+    Width,
+)
+from nfit.cli.fit_cmds import run_fit_command
+from nfit.signals.volume import VOLUME_BATCH
+
+
+def volume(
+    path: Annotated[Path, typer.Argument(help="volume file: .nii/.nii.gz (NIfTI), .npy, or a multi-page .tif stack")],
+    encoding: Encoding = None, sigma: Sigma = None, features: Features = None, model: Model = None,
+    width: Width = None, depth: Depth = None, steps: Steps = None, lr: Lr = None, seed: Seed = None,
+    device: Device = None, precision: Precision = None,
+    split: Annotated[str | None, typer.Option(help="paper (train [::2,::2,::2], test [1::2,1::2,1::2]), all, or random[:F] (default paper)")] = None,
+    batch: Annotated[int | None, typer.Option(help=f"random voxels per step; 0 = {VOLUME_BATCH} (default 0)")] = None,
+    eval_every: EvalEvery = None, out: Out = None, config: ConfigFile = None,
+    json_out: Json = False, quiet: Quiet = False, force: Force = False,
+) -> None:
+    """Fit a field to a volume: writes recon.nii.gz/.npy/.tif, slices.png, curve.*, report.json, model.safetensors."""
+    flags = dict(encoding=encoding, sigma=sigma, features=features, model=model, width=width,
+                 depth=depth, steps=steps, lr=lr, seed=seed, device=device, precision=precision,
+                 split=split, batch=batch, eval_every=eval_every)
+    run_fit_command("volume", path, flags, config, out, force, json_out, quiet)
