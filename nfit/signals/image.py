@@ -18,7 +18,7 @@ import torch
 from nfit.config import FitConfig
 from nfit.errors import UsageError
 from nfit.field import Field
-from nfit.fit import FitResult, Problem
+from nfit.fit import FitResult, PointSource, Problem
 from nfit.formats.images import CHANNEL_NAMES, IMAGE_WRITE_EXTENSIONS, read_image, write_image
 from nfit.metrics import ssim
 from nfit.plots import plot_curve, plot_error_map, write_curve_csv
@@ -65,7 +65,8 @@ def load_image(path: str | Path) -> ImageSignal:
 def grid_problem(values: torch.Tensor, shape: tuple[int, ...], split: Split) -> Problem:
     """Training and held-out sets of a grid signal. values: (n, C) flat, row-major."""
     coords = grid_coords(shape)
-    evals = {"test": (coords[split.test], values[split.test])}
+    evals: dict[str, tuple[torch.Tensor, torch.Tensor] | PointSource] = {
+        "test": (coords[split.test], values[split.test])}
     if split.held_out:
         evals = {"val": (coords[split.val], values[split.val]), **evals}
     return Problem(coords[split.train], values[split.train], evals)
