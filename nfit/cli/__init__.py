@@ -21,6 +21,7 @@ app.command()(fit_cmds.image)
 app.command()(model_cmds.render)
 app.command()(model_cmds.info)
 app.command()(model_cmds.encodings)
+app.command()(fit_cmds.resume)
 
 
 def _version(value: bool) -> None:
