@@ -123,7 +123,8 @@ def expected_shapes(path: Path, spec: dict[str, Any]) -> dict[str, tuple[int, ..
         with torch.device("meta"):
             fld = build_field(spec)
     except Exception as exc:
-        raise DataError(f"{path}: checkpoint config does not describe a valid field ({exc})") from None
+        raise DataError(f"{path}: checkpoint config does not describe a valid field "
+                        f"({exc})") from None
     return {k: tuple(v.shape) for k, v in fld.state_dict().items()}
 
 

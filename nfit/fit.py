@@ -271,6 +271,11 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
     for name, (x, y) in sets.items():
         metrics[f"{name}_loss"], metrics[f"{name}_{problem.metric_name}"] = score(
             problem.loss, predict(fld, x), y)
+    # A saturated output (sigmoid of +-inf) can keep the training loss finite while the
+    # weights or the fp32 predictions are not: that is a divergence too.
+    if not all(math.isfinite(v) for v in metrics.values()) or not all(
+            bool(torch.isfinite(p).all()) for p in fld.parameters()):
+        _diverged(cfg.steps, cfg, precision)
     return FitResult(fld, history, metrics, cfg.steps, wall, str(device), precision)
 
 

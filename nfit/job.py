@@ -144,10 +144,12 @@ def _check_same_job(state_path: Path, job: dict[str, Any], kind: str, cfg: FitCo
     saved = job.get("config", {})
     changed = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v)
     if changed:
-        raise UsageError(f"--resume: options differ from the interrupted fit ({', '.join(changed)}); "
-                         "resume with the same options, or use --force to start over")
+        raise UsageError(f"--resume: options differ from the interrupted fit "
+                         f"({', '.join(changed)}); resume with the same options, or use "
+                         "--force to start over")
     if job.get("source_sha256") != file_sha256(source):
-        raise DataError(f"--resume: {source} changed since the fit started; start over with --force")
+        raise DataError(f"--resume: {source} changed since the fit started; start over "
+                        "with --force")
 
 
 def fit_job(kind: str, path: str | Path, cfg: FitConfig, out_dir: str | Path, *,
@@ -172,7 +174,8 @@ def fit_job(kind: str, path: str | Path, cfg: FitConfig, out_dir: str | Path, *,
     start: FitState | None = None
     if resume and state_path is not None:
         with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in build_task_field(task, cfg).state_dict().items()}
+            shapes = {k: tuple(v.shape)
+                      for k, v in build_task_field(task, cfg).state_dict().items()}
         start = load_resume(state_path, shapes)
     elif out_dir.exists():
         # Starting over (--force): the old completion marker and resume state go first,
@@ -181,6 +184,10 @@ def fit_job(kind: str, path: str | Path, cfg: FitConfig, out_dir: str | Path, *,
         (out_dir / RESUME_FILE).unlink(missing_ok=True)
 
     existed = out_dir.exists()
+    if existed:
+        # Temporary files of a killed atomic write (never a target's name): safe to drop.
+        for stale in out_dir.glob(".*.tmp*"):
+            stale.unlink(missing_ok=True)
     job = {"kind": kind, "source": str(path.resolve()), "source_sha256": file_sha256(path),
            "config": cfg.to_dict(), "checkpoint_every": checkpoint_every}
     with deferred_signals() as flag:
@@ -190,7 +197,9 @@ def fit_job(kind: str, path: str | Path, cfg: FitConfig, out_dir: str | Path, *,
         except DivergenceError as exc:
             kept = resume_state_of(out_dir)
             if kept is not None:
-                step = hook.saved_step if hook.saved_step is not None else (start.step if start else 0)
+                step = hook.saved_step
+                if step is None:
+                    step = start.step if start else 0
                 raise DivergenceError(f"{exc}; the last good state (step {step}) is kept in "
                                       f"{kept}") from None
             raise

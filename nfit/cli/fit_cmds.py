@@ -8,10 +8,32 @@ from typing import Annotated, Any
 import typer
 
 from nfit.api import prepare_task
-from nfit.cli.common import (Batch, CheckpointEvery, ConfigFile, Depth, Device, Encoding,
-                             EvalEvery, Features, Force, Json, Lr, MaxMemory, Model, Out,
-                             Precision, Quiet, Resume, Seed, Sigma, Steps, Width, emit,
-                             fit_progress, handle_errors)
+from nfit.cli.common import (
+    Batch,
+    CheckpointEvery,
+    ConfigFile,
+    Depth,
+    Device,
+    Encoding,
+    EvalEvery,
+    Features,
+    Force,
+    Json,
+    Lr,
+    MaxMemory,
+    Model,
+    Out,
+    Precision,
+    Quiet,
+    Resume,
+    Seed,
+    Sigma,
+    Steps,
+    Width,
+    emit,
+    fit_progress,
+    handle_errors,
+)
 from nfit.config import FitConfig, load_yaml_config, merge_config
 from nfit.errors import DataError, UsageError
 from nfit.io import resolve_out_dir
@@ -41,8 +63,9 @@ def run_fit_command(kind: str, path: Path, flags: dict[str, Any], config: Path |
             out_dir = Path(out)
         else:
             out_dir = resolve_out_dir(out, default, force)
-        fit_and_print(kind, path, cfg, out_dir, as_json, quiet, checkpoint_every=checkpoint_every or 0,
-                      resume=resume, max_memory=max_memory)
+        fit_and_print(kind, path, cfg, out_dir, as_json, quiet,
+                      checkpoint_every=checkpoint_every or 0, resume=resume,
+                      max_memory=max_memory)
 
 
 def fit_and_print(kind: str, path: Path, cfg: FitConfig, out_dir: Path, as_json: bool,
@@ -65,11 +88,12 @@ def fit_and_print(kind: str, path: Path, cfg: FitConfig, out_dir: Path, as_json:
 
 
 def resume(
-    directory: Annotated[Path, typer.Argument(help="output directory of an interrupted fit (holds resume.safetensors)")],
+    directory: Annotated[Path, typer.Argument(
+        help="output directory of an interrupted fit (holds resume.safetensors)")],
     checkpoint_every: CheckpointEvery = None, max_memory: MaxMemory = None,
     json_out: Json = False, quiet: Quiet = False,
 ) -> None:
-    """Continue an interrupted fit of any kind from DIR/resume.safetensors, with its options and seed."""
+    """Continue an interrupted fit of any kind from DIR/resume.safetensors (same options, seed)."""
     with handle_errors():
         state = resume_state_of(directory)
         if state is None:
