@@ -20,7 +20,7 @@ from nfit.checkpoint import save_checkpoint
 from nfit.config import FitConfig
 from nfit.device import resolve_device, resolve_precision
 from nfit.field import Field, build_field
-from nfit.fit import FitResult, fit
+from nfit.fit import FitResult, FitState, StepHook, fit
 from nfit.io import atomic_write_json, atomic_write_text
 from nfit.signals import Task, signal_kind
 
@@ -37,11 +37,15 @@ def versions() -> dict[str, str]:
 
 
 def fit_task(task: Task, cfg: FitConfig,
-             on_eval: Callable[[dict[str, float]], None] | None = None) -> FitResult:
+             on_eval: Callable[[dict[str, float]], None] | None = None,
+             start: FitState | None = None, on_step: StepHook | None = None) -> FitResult:
+    """Build the task's field and fit it; ``start``/``on_step`` resume and checkpoint
+    (see nfit/job.py, which the CLI uses)."""
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     fld = build_task_field(task, cfg)
-    return fit(fld, task.problem, cfg, device=device, precision=precision, on_eval=on_eval)
+    return fit(fld, task.problem, cfg, device=device, precision=precision, on_eval=on_eval,
+               start=start, on_step=on_step)
 
 
 def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,

@@ -43,66 +43,92 @@ def save_checkpoint(path: Path, fld: Field, *, signal: dict[str, Any], config: d
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(metadata, tensor table) from the safetensors header, checked, without reading tensors."""
+def read_safetensors_header(path: Path, what: str = "checkpoint"
+                            ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(raw string metadata or None, tensor table) of a safetensors file, checked for
+    structure (header length, JSON, offsets that add up to the file size) without
+    reading any tensor data."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: no such checkpoint")
+        raise DataError(f"{path}: no such {what}")
     if path.is_dir():
         raise DataError(f"{path}: is a directory; pass the model.safetensors inside it")
     size = path.stat().st_size
     with open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) < 8:
-            raise DataError(f"{path}: not a safetensors checkpoint (too short)")
+            raise DataError(f"{path}: not a safetensors {what} (too short)")
         (n,) = struct.unpack("<Q", head)
         if n > min(size - 8, 100 << 20):
-            raise DataError(f"{path}: not a safetensors checkpoint (bad header length)")
+            raise DataError(f"{path}: not a safetensors {what} (bad header length)")
         try:
             header = json.loads(fh.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise DataError(f"{path}: not a safetensors checkpoint (header is not JSON)") from None
+            raise DataError(f"{path}: not a safetensors {what} (header is not JSON)") from None
     if not isinstance(header, dict):
-        raise DataError(f"{path}: not a safetensors checkpoint (bad header)")
+        raise DataError(f"{path}: not a safetensors {what} (bad header)")
     meta = header.pop("__metadata__", None)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DataError(f"{path}: not an nfit checkpoint (metadata missing)")
-    try:
-        version = int(meta.get("format_version", ""))
-    except ValueError:
-        raise DataError(f"{path}: checkpoint format version is missing or invalid") from None
-    if version > FORMAT_VERSION:
-        raise DataError(f"{path}: checkpoint format {version} is newer than this nfit "
-                        f"({__version__}) reads (format {FORMAT_VERSION}); upgrade nfit")
-    parsed: dict[str, Any] = dict(meta)
-    for key in ("field", "signal", "config", "metrics"):
-        try:
-            parsed[key] = json.loads(meta[key])
-        except (KeyError, TypeError, json.JSONDecodeError):
-            raise DataError(f"{path}: checkpoint metadata {key!r} is missing or not JSON") from None
     end = 0
     for name, info in header.items():
         try:
-            begin, stop = info["data_offsets"]
+            begin, stop = (int(v) for v in info["data_offsets"])
+            shape = [int(v) for v in info["shape"]]
+            str(info["dtype"])
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{path}: tensor {name!r} has a malformed entry") from None
-        end = max(end, int(stop))
+        if not 0 <= begin <= stop or min(shape, default=0) < 0:
+            raise DataError(f"{path}: tensor {name!r} has a malformed entry")
+        end = max(end, stop)
     if 8 + n + end != size:
-        raise DataError(f"{path}: checkpoint is truncated or padded ({size} bytes, "
+        raise DataError(f"{path}: {what} is truncated or padded ({size} bytes, "
                         f"header describes {8 + n + end})")
+    return (meta if isinstance(meta, dict) else None), header
+
+
+def check_format(path: Path, meta: dict[str, Any] | None, fmt: str, version: int,
+                 what: str) -> int:
+    """Refuse metadata of another format or of a newer version; return the version."""
+    if meta is None or meta.get("format") != fmt:
+        raise DataError(f"{path}: not an nfit {what} (metadata missing)")
+    try:
+        found = int(meta.get("format_version", ""))
+    except ValueError:
+        raise DataError(f"{path}: {what} format version is missing or invalid") from None
+    if found > version:
+        raise DataError(f"{path}: {what} format {found} is newer than this nfit "
+                        f"({__version__}) reads (format {version}); upgrade nfit")
+    return found
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metadata, tensor table) from the safetensors header, checked, without reading tensors."""
+    raw, header = read_safetensors_header(path)
+    check_format(path, raw, FORMAT, FORMAT_VERSION, "checkpoint")
+    assert raw is not None
+    parsed: dict[str, Any] = dict(raw)
+    for key in ("field", "signal", "config", "metrics"):
+        try:
+            parsed[key] = json.loads(raw[key])
+        except (KeyError, TypeError, json.JSONDecodeError):
+            raise DataError(f"{path}: checkpoint metadata {key!r} is missing or not JSON") from None
+        if not isinstance(parsed[key], dict):
+            raise DataError(f"{path}: checkpoint metadata {key!r} is not a JSON object")
     return parsed, header
 
 
-def validate_checkpoint(path: Path) -> tuple[Field, dict[str, Any], dict[str, Any]]:
-    """Check a checkpoint without reading its tensors: header, metadata, and every tensor's
-    shape against the architecture its config describes. Returns (an untrained field of
-    that architecture on the CPU, metadata, tensor table)."""
-    meta, table = read_header(path)
+def expected_shapes(path: Path, spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of the field ``spec`` describes, built on the meta device: no memory
+    is allocated, so a tampered config cannot make this step expensive."""
     try:
-        fld = build_field(meta["field"])
+        with torch.device("meta"):
+            fld = build_field(spec)
     except Exception as exc:
-        raise DataError(f"{path}: checkpoint config does not describe a valid field ({exc})") from None
-    expected = {k: tuple(v.shape) for k, v in fld.state_dict().items()}
+        raise DataError(f"{path}: checkpoint config does not describe a valid field "
+                        f"({exc})") from None
+    return {k: tuple(v.shape) for k, v in fld.state_dict().items()}
+
+
+def check_shapes(path: Path, expected: dict[str, tuple[int, ...]], table: dict[str, Any]) -> None:
     found = {k: tuple(v["shape"]) for k, v in table.items()}
     if expected != found:
         missing = sorted(set(expected) - set(found))
@@ -113,7 +139,6 @@ def validate_checkpoint(path: Path) -> tuple[Field, dict[str, Any], dict[str, An
             f"shape mismatch in {wrong[:3]}" if wrong else "",
             f"unexpected {extra[:3]}" if extra else "") if s)
         raise DataError(f"{path}: tensors do not match the checkpoint's config ({detail})")
-    return fld, meta, table
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Field, dict[str, Any]]:
@@ -121,11 +146,13 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[Fie
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    fld, meta, _ = validate_checkpoint(path)
+    meta, table = read_header(path)
+    check_shapes(path, expected_shapes(path, meta["field"]), table)
+    fld = build_field(meta["field"])
     try:
         tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
+        fld.load_state_dict(tensors, strict=True)
+    except (SafetensorError, OSError, RuntimeError) as exc:
         raise DataError(f"{path}: cannot read checkpoint tensors ({exc})") from None
-    fld.load_state_dict(tensors, strict=True)
     fld.to(device).eval()
     return fld, meta

@@ -25,3 +25,12 @@ class DivergenceError(NfitError):
     """The fit produced NaN or Inf: exit code 1."""
 
     exit_code = 1
+
+
+class Interrupted(NfitError):
+    """SIGINT or SIGTERM stopped a fit after its state was saved: exit code 128 + signal
+    number (130 for SIGINT, 143 for SIGTERM), as a shell reports a signalled process."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)

@@ -2,9 +2,12 @@
 
 It owns precision (fp32, or bf16 autocast with fp32 master weights and loss), full
 batch versus random minibatches, evaluation every ``cfg.eval_every`` steps, and NaN
-detection. A fixed encoding (no learned parameters) is applied to the training and
-evaluation coordinates once, before the first step, and the network trains on the
-cached features; a learned encoding (grids) runs every step.
+detection. It can start from a saved ``FitState`` and offers one per step to an
+``on_step`` hook (periodic checkpoints, interruption: see nfit/job.py), so a resumed
+fit takes exactly the steps an uninterrupted one would. A fixed encoding (no learned
+parameters) is applied to the training and evaluation coordinates once, before the first
+step, and the network trains on the cached features; a learned encoding (grids) runs
+every step.
 
 Signals too large to hold as coordinates (volumes) pass a ``sampler`` for training and
 ``PointSource`` held-out sets: those are scored on a fixed random subset of
@@ -90,6 +93,29 @@ class FitResult:
     @property
     def steps_per_s(self) -> float:
         return self.steps / self.wall_time if self.wall_time > 0 else float("nan")
+
+
+@dataclass
+class FitState:
+    """Everything a fit needs to continue bit-identically after ``step`` completed steps.
+
+    model: the field's state_dict; optimizer: the optimizer's state_dict (tensors and
+    plain values); rng: "torch_cpu" (torch's global CPU generator), "sampler" (the fit's
+    own sampling generator), "torch_cuda" on CUDA; history: the evaluation rows so far;
+    elapsed: training seconds so far. All tensors are on the CPU.
+    """
+
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    rng: dict[str, torch.Tensor]
+    history: list[dict[str, float]]
+    elapsed: float
+
+
+#: ``on_step(step, capture)``: called after every completed step; ``capture()`` returns
+#: the FitState at that step (it costs a copy of the weights, so call it only when needed).
+StepHook = Callable[[int, Callable[[], FitState]], None]
 
 
 def loss_fn(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -180,11 +206,14 @@ def predict(fld: Field, x: torch.Tensor, *, chunk: int = EVAL_CHUNK) -> torch.Te
 
 
 def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, precision: str,
-        on_eval: Callable[[dict[str, float]], None] | None = None) -> FitResult:
+        on_eval: Callable[[dict[str, float]], None] | None = None,
+        start: FitState | None = None, on_step: StepHook | None = None) -> FitResult:
     """Train ``fld`` on ``problem`` for ``cfg.steps`` Adam steps and return its metrics.
 
-    Raises DivergenceError when the loss becomes NaN or infinite (checked every step on
-    the CPU, where it costs nothing, and at every evaluation elsewhere).
+    With ``start``, the weights, optimizer moments, generators and history are restored
+    and training continues at step ``start.step + 1``. Raises DivergenceError when the
+    loss becomes NaN or infinite (checked every step on the CPU, where it costs nothing,
+    every 10 steps elsewhere, and before any state is captured).
     """
     configure_matmul(device, precision)
     fld.to(device)
@@ -205,6 +234,16 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
 
     optimizer = make_optimizer(fld, cfg)
     history: list[dict[str, float]] = []
+    first, elapsed_before = 1, 0.0
+    if start is not None:
+        fld.load_state_dict(start.model, strict=True)
+        optimizer.load_state_dict(start.optimizer)
+        generator.set_state(start.rng["sampler"])
+        torch.set_rng_state(start.rng["torch_cpu"])
+        if device.type == "cuda" and "torch_cuda" in start.rng:
+            torch.cuda.set_rng_state(start.rng["torch_cuda"], device)
+        history = [dict(row) for row in start.history]
+        first, elapsed_before = start.step + 1, start.elapsed
     n_train = len(train_x)
     batch = cfg.batch if 0 < cfg.batch < n_train else 0
     check_every = 1 if device.type == "cpu" else 10
@@ -221,9 +260,21 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
                 row[f"{name}_loss"], row[f"{name}_{problem.metric_name}"] = score(problem.loss, pred, y)
         return row
 
+    def capture(step: int) -> FitState:
+        # Never hand out a diverged state: the last saved one stays the last good one.
+        if not (torch.isfinite(recent) and all(bool(torch.isfinite(p).all())
+                                               for p in fld.parameters())):
+            _diverged(step, cfg, precision)
+        rng = {"torch_cpu": torch.get_rng_state(), "sampler": generator.get_state().cpu()}
+        if device.type == "cuda":
+            rng["torch_cuda"] = torch.cuda.get_rng_state(device)
+        return FitState(step, {k: v.detach().cpu().clone() for k, v in fld.state_dict().items()},
+                        optimizer_state_cpu(optimizer), rng, [dict(r) for r in history],
+                        elapsed_before + time.perf_counter() - t0)
+
     fld.train()
-    start = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
+    t0 = time.perf_counter()
+    for step in range(first, cfg.steps + 1):
         if problem.sampler is not None:
             bx, by = problem.sampler(step, generator)
             xin, yt = bx.to(device), by.to(device)
@@ -246,13 +297,15 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
             if not math.isfinite(train_loss):
                 _diverged(step, cfg, precision)
             row = evaluate(step, train_loss)
-            row["time"] = time.perf_counter() - start
+            row["time"] = elapsed_before + time.perf_counter() - t0
             history.append(row)
             if on_eval is not None:
                 on_eval(row)
+        if on_step is not None:
+            on_step(step, lambda step=step: capture(step))  # type: ignore[misc]
     if device.type == "cuda":
         torch.cuda.synchronize()
-    wall = time.perf_counter() - start
+    wall = elapsed_before + time.perf_counter() - t0
     fld.eval()
 
     metrics: dict[str, float] = {}
@@ -263,11 +316,26 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
         chunks = held.chunks(EVAL_CHUNK) if isinstance(held, PointSource) else [held]
         metrics[f"{name}_loss"], metrics[f"{name}_{problem.metric_name}"] = score_chunks(
             problem.loss, ((predict(fld, x.to(device)), y.to(device)) for x, y in chunks))
+    # A saturated output (sigmoid of +-inf) can keep the training loss finite while the
+    # weights or the fp32 predictions are not: that is a divergence too.
+    if not all(math.isfinite(v) for v in metrics.values()) or not all(
+            bool(torch.isfinite(p).all()) for p in fld.parameters()):
+        _diverged(cfg.steps, cfg, precision)
     return FitResult(fld, history, metrics, cfg.steps, wall, str(device), precision)
 
 
+def optimizer_state_cpu(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state_dict with every tensor copied to the CPU."""
+    state = optimizer.state_dict()
+    return {"state": {i: {k: (v.detach().cpu().clone() if torch.is_tensor(v) else v)
+                          for k, v in s.items()} for i, s in state["state"].items()},
+            "param_groups": [dict(g) for g in state["param_groups"]]}
+
+
 def _diverged(step: int, cfg: FitConfig, precision: str) -> None:
-    hint = f"try a lower learning rate than --lr {cfg.lr:g}"
+    cause = (f"likely cause: the learning rate --lr {cfg.lr:g} is too high for this model "
+             f"(try {cfg.lr / 10:g})")
     if precision != "fp32":
-        hint += " or --precision fp32"
-    raise DivergenceError(f"the fit diverged (loss is NaN or infinite) at step {step}; {hint}")
+        cause += f", or {precision} arithmetic overflowed (try --precision fp32)"
+    raise DivergenceError(f"the fit diverged (loss or weights NaN or infinite) at step {step}; "
+                          f"{cause}")

@@ -57,6 +57,10 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def check_output_file(path: Path, allowed: tuple[str, ...]) -> Path:
     """Validate an output file path before any work: extension known, parent writable."""
     path = Path(path)
+    from nfit.formats.images import UNFAITHFUL_EXTENSIONS
+
+    if path.suffix.lower() in UNFAITHFUL_EXTENSIONS:
+        raise UsageError(f"{path}: {UNFAITHFUL_EXTENSIONS[path.suffix.lower()]}")
     if path.suffix.lower() not in allowed and "".join(path.suffixes[-2:]).lower() not in allowed:
         raise UsageError(f"unsupported output extension {''.join(path.suffixes) or '(none)'!r} "
                          f"for {path}; use one of: {', '.join(allowed)}")

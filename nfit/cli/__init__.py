@@ -24,6 +24,7 @@ app.command()(model_cmds.info)
 app.command()(model_cmds.encodings)
 app.command()(kernel_cmds.kernel)
 app.command("spectral-bias")(kernel_cmds.spectral_bias)
+app.command()(fit_cmds.resume)
 
 
 def _version(value: bool) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from nfit.errors import NfitError
+from nfit.errors import Interrupted, NfitError
 
 stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
@@ -40,13 +41,23 @@ ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file of 
 Json = Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar or table")]
 Force = Annotated[bool, typer.Option("--force", help="overwrite an existing --out directory")]
+CheckpointEvery = Annotated[int | None, typer.Option("--checkpoint-every", help="save a resumable state every S steps, so a killed job loses at most S steps (default 0: only on SIGINT/SIGTERM)")]
+Resume = Annotated[bool, typer.Option("--resume", help="continue the unfinished fit in --out (or the default directory) if there is one")]
+MaxMemory = Annotated[str | None, typer.Option("--max-memory", help="refuse fits estimated above this size, e.g. 16G (default: the memory available; 'off' disables the guard)")]
 
 
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
-    """Turn the project's errors into one line on stderr and their exit code."""
+    """Turn the project's errors into one line on stderr and their exit code.
+
+    Any other exception is a bug: it is reported on one line too (exit 1, "internal
+    error"), with the traceback only when NFIT_DEBUG=1.
+    """
     try:
         yield
+    except Interrupted as exc:
+        stderr.print(f"nfit: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
     except NfitError as exc:
         stderr.print(f"nfit: error: {exc}", markup=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
@@ -55,6 +66,14 @@ def handle_errors() -> Iterator[None]:
         raise typer.Exit(130) from None
     except MemoryError:
         stderr.print("nfit: error: out of memory; try a smaller --batch or fewer points", markup=False)
+        raise typer.Exit(1) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:
+        if os.environ.get("NFIT_DEBUG"):
+            raise
+        stderr.print(f"nfit: internal error: {type(exc).__name__}: {exc} (a bug in nfit; "
+                     "NFIT_DEBUG=1 shows the traceback)", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 

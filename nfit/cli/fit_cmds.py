@@ -7,9 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from nfit.api import fit_file, prepare_task
+from nfit.api import prepare_task
 from nfit.cli.common import (
     Batch,
+    CheckpointEvery,
     ConfigFile,
     Depth,
     Device,
@@ -19,10 +20,12 @@ from nfit.cli.common import (
     Force,
     Json,
     Lr,
+    MaxMemory,
     Model,
     Out,
     Precision,
     Quiet,
+    Resume,
     Seed,
     Sigma,
     Steps,
@@ -31,32 +34,78 @@ from nfit.cli.common import (
     fit_progress,
     handle_errors,
 )
-from nfit.config import load_yaml_config, merge_config
+from nfit.config import FitConfig, load_yaml_config, merge_config
+from nfit.errors import DataError, UsageError
 from nfit.io import resolve_out_dir
+from nfit.job import check_out_dir_state, find_resumable, fit_job, resume_state_of
+from nfit.resume import RESUME_FILE, read_resume_header
 from nfit.signals import signal_kind
 
 
 def run_fit_command(kind: str, path: Path, flags: dict[str, Any], config: Path | None,
-                    out: Path | None, force: bool, as_json: bool, quiet: bool) -> None:
-    """Shared body of the fitting commands: merge options, check outputs, fit, print."""
+                    out: Path | None, force: bool, as_json: bool, quiet: bool, *,
+                    checkpoint_every: int | None = None, resume: bool = False,
+                    max_memory: str | None = None) -> None:
+    """Shared body of the fitting commands: merge options, check outputs, fit, print.
+
+    Every fitting command gets, through ``nfit.job.fit_job``: a resumable state on
+    SIGINT/SIGTERM, the memory guard and the finite-input check; the keyword options
+    expose periodic checkpoints, --resume and --max-memory.
+    """
     with handle_errors():
         cfg = merge_config(load_yaml_config(config), flags)
-        out_dir = resolve_out_dir(out, Path("runs") / Path(path).stem, force)
-        task = prepare_task(kind, path, cfg)
-        with fit_progress(cfg.steps, quiet or as_json, task.problem.metric_name) as on_eval:
-            report = fit_file(kind, path, cfg, out_dir, on_eval=on_eval, task=task)
-        rows = [("output", str(out_dir)), ("signal", report["signal"].get("source"))]
-        if "channels" in report:
-            rows.append(("channels fitted", report["channels"]))
-        for role in ("train", "val", "test"):
-            for key, value in report.get(role, {}).items():
-                if key != "loss":
-                    rows.append((f"{role} {key}", value))
-        rows += [("steps", report["steps"]), ("wall time (s)", report["wall_time_s"]),
-                 ("steps/s", report["steps_per_s"]), ("parameters", report["parameters"]),
-                 ("device", report["device"]), ("precision", report["precision"])]
-        report["out"] = str(out_dir)
-        emit(report, as_json, quiet, rows)
+        default = Path("runs") / Path(path).stem
+        if resume and out is None:
+            out = find_resumable(default)
+        if out is not None and Path(out).is_dir():
+            check_out_dir_state(Path(out), resume, force)
+        if resume and out is not None and resume_state_of(Path(out)) is not None:
+            out_dir = Path(out)
+        else:
+            out_dir = resolve_out_dir(out, default, force)
+        fit_and_print(kind, path, cfg, out_dir, as_json, quiet,
+                      checkpoint_every=checkpoint_every or 0, resume=resume,
+                      max_memory=max_memory)
+
+
+def fit_and_print(kind: str, path: Path, cfg: FitConfig, out_dir: Path, as_json: bool,
+                  quiet: bool, **job_options: Any) -> None:
+    task = prepare_task(kind, path, cfg)
+    with fit_progress(cfg.steps, quiet or as_json, task.problem.metric_name) as on_eval:
+        report = fit_job(kind, path, cfg, out_dir, on_eval=on_eval, task=task, **job_options)
+    rows = [("output", str(out_dir)), ("signal", report["signal"].get("source"))]
+    if "channels" in report:
+        rows.append(("channels fitted", report["channels"]))
+    for role in ("train", "val", "test"):
+        for key, value in report.get(role, {}).items():
+            if key != "loss":
+                rows.append((f"{role} {key}", value))
+    rows += [("steps", report["steps"]), ("wall time (s)", report["wall_time_s"]),
+             ("steps/s", report["steps_per_s"]), ("parameters", report["parameters"]),
+             ("device", report["device"]), ("precision", report["precision"])]
+    report["out"] = str(out_dir)
+    emit(report, as_json, quiet, rows)
+
+
+def resume(
+    directory: Annotated[Path, typer.Argument(
+        help="output directory of an interrupted fit (holds resume.safetensors)")],
+    checkpoint_every: CheckpointEvery = None, max_memory: MaxMemory = None,
+    json_out: Json = False, quiet: Quiet = False,
+) -> None:
+    """Continue an interrupted fit of any kind from DIR/resume.safetensors (same options, seed)."""
+    with handle_errors():
+        state = resume_state_of(directory)
+        if state is None:
+            raise UsageError(f"{directory}: no unfinished fit here ({RESUME_FILE} not found)")
+        job, _, _ = read_resume_header(state)
+        cfg = merge_config({}, job["config"])
+        source = Path(job.get("source", ""))
+        if not source.is_file():
+            raise DataError(f"{state}: the fit's input {source} no longer exists")
+        every = job.get("checkpoint_every", 0) if checkpoint_every is None else checkpoint_every
+        fit_and_print(job["kind"], source, cfg, Path(directory), json_out, quiet,
+                      checkpoint_every=int(every), resume=True, max_memory=max_memory)
 
 
 def image(
@@ -68,10 +117,12 @@ def image(
         help="paper (512 crop, train [::2,::2], test [1::2,1::2]), all, or random[:F] (default paper)")] = None,
     batch: Batch = None, eval_every: EvalEvery = None, out: Out = None, config: ConfigFile = None,
     json_out: Json = False, quiet: Quiet = False, force: Force = False,
+    checkpoint_every: CheckpointEvery = None, resume: Resume = False, max_memory: MaxMemory = None,
 ) -> None:
     """Fit a field to a photograph: writes recon.png, error.png, curve.*, report.json, model.safetensors."""
     flags = dict(encoding=encoding, sigma=sigma, features=features, model=model, width=width,
                  depth=depth, steps=steps, lr=lr, seed=seed, device=device, precision=precision,
                  split=split, batch=batch, eval_every=eval_every)
     signal_kind("image")
-    run_fit_command("image", path, flags, config, out, force, json_out, quiet)
+    run_fit_command("image", path, flags, config, out, force, json_out, quiet,
+                    checkpoint_every=checkpoint_every, resume=resume, max_memory=max_memory)

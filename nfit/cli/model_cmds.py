@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nfit.checkpoint import load_checkpoint, read_header, validate_checkpoint
+from nfit.checkpoint import check_shapes, expected_shapes, load_checkpoint, read_header
 from nfit.cli.common import Device, Json, Quiet, emit, handle_errors, stdout
 from nfit.device import resolve_device
 from nfit.encodings import ENCODINGS
@@ -40,12 +40,14 @@ def info(
 ) -> None:
     """Validate a checkpoint and describe it, without loading it onto a device."""
     with handle_errors():
-        _, meta, table = validate_checkpoint(model)
-        shapes = [v["shape"] for v in table.values()]
-        params = sum(math.prod(shape) for shape in shapes)
+        # Header and JSON only; the field is built on the meta device (no memory, no device).
+        meta, table = read_header(model)
+        check_shapes(model, expected_shapes(model, meta["field"]), table)
+        found = {k: list(v["shape"]) for k, v in table.items()}
+        params = sum(math.prod(s) for s in found.values())
         summary = {"path": str(model), "valid": True, "format_version": int(meta["format_version"]),
                    "kind": meta["signal"].get("kind"), "signal": meta["signal"],
-                   "field": meta["field"], "tensors": len(shapes), "values": params,
+                   "field": meta["field"], "tensors": len(found), "values": params,
                    "metrics": meta["metrics"], "nfit_version": meta.get("nfit_version"),
                    "torch_version": meta.get("torch_version")}
         enc = meta["field"]["encoding"]

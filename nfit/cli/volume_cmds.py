@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from nfit.cli.common import (
+    CheckpointEvery,
     ConfigFile,
     Depth,
     Device,
@@ -17,10 +18,12 @@ from nfit.cli.common import (
     Force,
     Json,
     Lr,
+    MaxMemory,
     Model,
     Out,
     Precision,
     Quiet,
+    Resume,
     Seed,
     Sigma,
     Steps,
@@ -39,9 +42,11 @@ def volume(
     batch: Annotated[int | None, typer.Option(help=f"random voxels per step; 0 = {VOLUME_BATCH} (default 0)")] = None,
     eval_every: EvalEvery = None, out: Out = None, config: ConfigFile = None,
     json_out: Json = False, quiet: Quiet = False, force: Force = False,
+    checkpoint_every: CheckpointEvery = None, resume: Resume = False, max_memory: MaxMemory = None,
 ) -> None:
     """Fit a field to a volume: writes recon.nii.gz/.npy/.tif, slices.png, curve.*, report.json, model.safetensors."""
     flags = dict(encoding=encoding, sigma=sigma, features=features, model=model, width=width,
                  depth=depth, steps=steps, lr=lr, seed=seed, device=device, precision=precision,
                  split=split, batch=batch, eval_every=eval_every)
-    run_fit_command("volume", path, flags, config, out, force, json_out, quiet)
+    run_fit_command("volume", path, flags, config, out, force, json_out, quiet,
+                    checkpoint_every=checkpoint_every, resume=resume, max_memory=max_memory)

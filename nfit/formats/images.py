@@ -20,6 +20,13 @@ from nfit.io import atomic_path
 MAX_PIXELS = 400_000_000
 IMAGE_WRITE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 CHANNEL_NAMES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+#: Formats refused for writing because no library nfit uses writes them faithfully.
+UNFAITHFUL_EXTENSIONS = {
+    ".exr": "EXR output is not supported: none of nfit's image libraries writes OpenEXR "
+            "(imagecodecs has no EXR encoder, Pillow cannot write it); use .tif or .png, "
+            "which keep 16 bits per channel",
+    ".hdr": "Radiance HDR output is not supported; use .tif or .png (16 bits per channel)",
+}
 
 
 def _png_header(data: bytes) -> tuple[int, int, int, int]:
@@ -38,11 +45,25 @@ def _check_size(path: Path, width: int, height: int) -> None:
         raise DataError(f"{path}: image is {width}x{height}; nfit needs at least 2x2 pixels")
 
 
+#: Samples per pixel of each PNG colour type (palette: one index).
+PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+#: Deflate expands at most 1032:1, so pixel data larger than this many times the file
+#: cannot be stored in it: the header lies (corrupt, or a decompression bomb).
+DEFLATE_MAX_RATIO = 1040
+
+
 def _decode_png(path: Path, data: bytes) -> np.ndarray:
     import imagecodecs
 
-    width, height, _, _ = _png_header(data)
+    width, height, depth, color = _png_header(data)
     _check_size(path, width, height)
+    if color not in PNG_SAMPLES or depth not in (1, 2, 4, 8, 16):
+        raise DataError(f"{path}: corrupt PNG header (colour type {color}, bit depth {depth})")
+    raw = height * -(-width * PNG_SAMPLES[color] * depth // 8)
+    if raw > DEFLATE_MAX_RATIO * len(data):
+        raise DataError(f"{path}: PNG claims {width}x{height} pixels ({raw:,} bytes) but the file "
+                        f"holds {len(data):,} bytes, more than deflate can expand; corrupt or a "
+                        "decompression bomb (refused before decoding)")
     try:
         array = imagecodecs.png_decode(data)
     except Exception as exc:  # imagecodecs raises its own PngError and friends
@@ -51,7 +72,12 @@ def _decode_png(path: Path, data: bytes) -> np.ndarray:
 
 
 def _decode_tiff(path: Path) -> np.ndarray:
+    import logging
+
     import tifffile
+
+    # tifffile logs each repair it attempts on a damaged file; the DataError says enough.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
 
     try:
         with tifffile.TiffFile(path) as tif:
@@ -171,6 +197,8 @@ def write_image(path: str | Path, values: np.ndarray, bit_depth: int = 8) -> Non
 
     path = Path(path)
     ext = path.suffix.lower()
+    if ext in UNFAITHFUL_EXTENSIONS:
+        raise UsageError(f"{path}: {UNFAITHFUL_EXTENSIONS[ext]}")
     if ext not in IMAGE_WRITE_EXTENSIONS:
         raise UsageError(f"unsupported image extension {ext!r}; use {', '.join(IMAGE_WRITE_EXTENSIONS)}")
     if ext in (".jpg", ".jpeg") and bit_depth == 16:

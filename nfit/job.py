@@ -1,0 +1,214 @@
+"""Running a fit so that nothing is lost: the path every fitting command takes.
+
+``fit_job`` adds to ``api.fit_task`` + ``api.write_results``, for every signal kind:
+
+- checks before any output exists: targets and coordinates finite, memory estimate
+  within what is available (``nfit.memory``);
+- SIGINT/SIGTERM are deferred to the end of the current step, where the fit state is
+  saved to ``DIR/resume.safetensors`` and ``Interrupted`` (exit 130/143) is raised;
+  a second Ctrl-C stops at once;
+- ``checkpoint_every=S`` saves that state every S steps, so a SIGKILL loses at most S
+  steps; a divergence keeps the last good state and says so;
+- ``resume=True`` continues from the saved state, bit-identically on the CPU.
+
+The output directory holds only ``resume.safetensors`` until the fit completes; then the
+outputs are written (each atomically), ``report.json`` last as the completion marker,
+and the resume state is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nfit.api import build_task_field, fit_task, prepare_task, write_results
+from nfit.config import FitConfig
+from nfit.errors import DataError, DivergenceError, Interrupted, UsageError
+from nfit.fit import FitState, PointSource
+from nfit.memory import guard_memory
+from nfit.resume import RESUME_FILE, file_sha256, load_resume, read_resume_header, save_resume
+from nfit.signals import Task
+
+REPORT_FILE = "report.json"
+
+
+@dataclass
+class StopFlag:
+    """The signal number received while signals are deferred, or None."""
+
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[StopFlag]:
+    """Within the block SIGINT and SIGTERM only set the flag (the fit loop acts on it at a
+    step boundary, where the state is consistent); a second SIGINT raises at once. The
+    previous handlers come back on exit, and a signal that arrived after the last step
+    is re-delivered to them."""
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag.signum = signum
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if flag.signum is not None:
+        signal.raise_signal(flag.signum)
+
+
+class Checkpointer:
+    """The ``on_step`` hook of a job: saves the state every ``every`` steps and when a
+    signal is pending, then stops the fit with ``Interrupted``."""
+
+    def __init__(self, out_dir: Path, job: dict[str, Any], every: int, total: int,
+                 flag: StopFlag) -> None:
+        self.out_dir, self.job, self.every, self.total, self.flag = out_dir, job, every, total, flag
+        self.saved_step: int | None = None
+
+    def __call__(self, step: int, capture: Callable[[], FitState]) -> None:
+        stop = self.flag.signum
+        if stop is None and not (self.every and step % self.every == 0 and step < self.total):
+            return
+        path = save_resume(self.out_dir, capture(), self.job)
+        self.saved_step = step
+        if stop is not None:
+            self.flag.signum = None  # handled here; not re-delivered
+            name = signal.Signals(stop).name
+            raise Interrupted(f"interrupted by {name} at step {step} of {self.total}; the fit "
+                              f"state is saved in {path}; continue with: nfit resume "
+                              f"{self.out_dir}", stop)
+
+
+def check_finite(task: Task, path: Path) -> None:
+    """Refuse a signal whose targets or coordinates hold NaN or Inf (every kind)."""
+    problem = task.problem
+    tensors = [problem.train_x, problem.train_y]
+    for held in problem.eval_sets.values():
+        if not isinstance(held, PointSource):  # sources check their own values when loading
+            tensors += list(held)
+    if problem.sampler is not None:
+        tensors += list(problem.sampler(0, torch.Generator().manual_seed(0)))
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors if t.is_floating_point())
+    if bad:
+        raise DataError(f"{path}: the signal holds {bad:,} NaN or infinite values; nfit does "
+                        "not fit them (clean or mask them in the file)")
+
+
+def resume_state_of(out_dir: Path) -> Path | None:
+    path = Path(out_dir) / RESUME_FILE
+    return path if path.exists() else None
+
+
+def find_resumable(default: Path) -> Path | None:
+    """Among the default output directories (runs/photo, runs/photo-2, ...), the last one
+    that holds an unfinished fit."""
+    found, candidate, n = None, default, 1
+    while candidate.exists():
+        if (candidate / RESUME_FILE).exists() and not (candidate / REPORT_FILE).exists():
+            found = candidate
+        n += 1
+        candidate = default.with_name(f"{default.name}-{n}")
+    return found
+
+
+def check_out_dir_state(out_dir: Path, resume: bool, force: bool) -> None:
+    """A directory holding an unfinished fit needs --resume (continue) or --force (restart)."""
+    state = resume_state_of(out_dir)
+    if resume and (out_dir / REPORT_FILE).exists() and state is None:
+        raise UsageError(f"--resume: the fit in {out_dir} is already complete ({REPORT_FILE})")
+    if state is not None and not resume and not force:
+        raise UsageError(f"--out {out_dir} holds an unfinished fit ({RESUME_FILE}); pass "
+                         "--resume to continue it or --force to start over")
+
+
+def _check_same_job(state_path: Path, job: dict[str, Any], kind: str, cfg: FitConfig,
+                    source: Path) -> None:
+    if job.get("kind") != kind:
+        raise UsageError(f"--resume: {state_path} is a {job.get('kind')} fit, not {kind}")
+    saved = job.get("config", {})
+    changed = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v)
+    if changed:
+        raise UsageError(f"--resume: options differ from the interrupted fit "
+                         f"({', '.join(changed)}); resume with the same options, or use "
+                         "--force to start over")
+    if job.get("source_sha256") != file_sha256(source):
+        raise DataError(f"--resume: {source} changed since the fit started; start over "
+                        "with --force")
+
+
+def fit_job(kind: str, path: str | Path, cfg: FitConfig, out_dir: str | Path, *,
+            checkpoint_every: int = 0, resume: bool = False, max_memory: str | None = None,
+            on_eval: Callable[[dict[str, float]], None] | None = None,
+            task: Task | None = None) -> dict[str, Any]:
+    """Fit ``path`` as a ``kind`` signal into ``out_dir`` with the guarantees above.
+
+    The caller has checked ``out_dir`` (``io.resolve_out_dir``, ``check_out_dir_state``).
+    Returns the report; raises Interrupted, DivergenceError, DataError, UsageError.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    if checkpoint_every < 0:
+        raise UsageError(f"--checkpoint-every must be 0 (off) or positive, got {checkpoint_every}")
+    state_path = resume_state_of(out_dir)
+    if resume and state_path is not None:
+        job, _, _ = read_resume_header(state_path)
+        _check_same_job(state_path, job, kind, cfg, path)
+    task = task or prepare_task(kind, path, cfg)
+    check_finite(task, path)
+    guard_memory(task, cfg, max_memory)
+    start: FitState | None = None
+    if resume and state_path is not None:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape)
+                      for k, v in build_task_field(task, cfg).state_dict().items()}
+        start = load_resume(state_path, shapes)
+    elif out_dir.exists():
+        # Starting over (--force): the old completion marker and resume state go first,
+        # so the directory never pairs a new fit's state with an old fit's report.
+        (out_dir / REPORT_FILE).unlink(missing_ok=True)
+        (out_dir / RESUME_FILE).unlink(missing_ok=True)
+
+    existed = out_dir.exists()
+    if existed:
+        # Temporary files of a killed atomic write (never a target's name): safe to drop.
+        for stale in out_dir.glob(".*.tmp*"):
+            stale.unlink(missing_ok=True)
+    job = {"kind": kind, "source": str(path.resolve()), "source_sha256": file_sha256(path),
+           "config": cfg.to_dict(), "checkpoint_every": checkpoint_every}
+    with deferred_signals() as flag:
+        hook = Checkpointer(out_dir, job, checkpoint_every, cfg.steps, flag)
+        try:
+            result = fit_task(task, cfg, on_eval, start=start, on_step=hook)
+        except DivergenceError as exc:
+            kept = resume_state_of(out_dir)
+            if kept is not None:
+                step = hook.saved_step
+                if step is None:
+                    step = start.step if start else 0
+                raise DivergenceError(f"{exc}; the last good state (step {step}) is kept in "
+                                      f"{kept}") from None
+            raise
+    try:
+        report = write_results(kind, task, cfg, result, out_dir)
+    except BaseException:
+        if not existed and hook.saved_step is None:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    (out_dir / RESUME_FILE).unlink(missing_ok=True)
+    return report
