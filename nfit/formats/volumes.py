@@ -15,6 +15,7 @@ headers before any voxel is decoded.
 from __future__ import annotations
 
 import gzip
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,8 +221,9 @@ def write_volume(path: str | Path, data: np.ndarray, *, affine: np.ndarray | Non
         atomic_write_bytes(path, gzip.compress(raw, compresslevel=6)
                            if path.name.lower().endswith(".gz") else raw)
     elif fmt == "npy":
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(data), allow_pickle=False)
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(data), allow_pickle=False)
+        atomic_write_bytes(path, buffer.getvalue())
     else:
         import tifffile
 
