@@ -8,9 +8,39 @@ from typing import Annotated, Any
 import typer
 
 from nfit.api import fit_file, prepare_task
-from nfit.cli.common import (Batch, ConfigFile, Depth, Device, Encoding, EvalEvery, Features,
-                             Force, Json, Lr, Model, Out, Precision, Quiet, Seed, Sigma, Steps,
-                             Width, emit, fit_progress, handle_errors)
+from nfit.cli.common import (
+    BaseResolution,
+    Batch,
+    ConfigFile,
+    Depth,
+    Device,
+    Encoding,
+    EvalEvery,
+    Features,
+    FeaturesPerLevel,
+    FinestResolution,
+    Force,
+    Frequencies,
+    Json,
+    KernelLayers,
+    KernelWidth,
+    Levels,
+    Log2Table,
+    Lr,
+    Model,
+    Omega0,
+    Out,
+    Precision,
+    Quiet,
+    Seed,
+    Sigma,
+    Steps,
+    Width,
+    emit,
+    fit_progress,
+    grid_flags,
+    handle_errors,
+)
 from nfit.config import load_yaml_config, merge_config
 from nfit.io import resolve_out_dir
 from nfit.signals import signal_kind
@@ -47,10 +77,16 @@ def image(
     split: Annotated[str | None, typer.Option(help="paper (512 crop, train [::2,::2], test [1::2,1::2]), all, or random[:F] (default paper)")] = None,
     batch: Batch = None, eval_every: EvalEvery = None, out: Out = None, config: ConfigFile = None,
     json_out: Json = False, quiet: Quiet = False, force: Force = False,
+    levels: Levels = None, log2_table: Log2Table = None, features_per_level: FeaturesPerLevel = None,
+    base_resolution: BaseResolution = None, finest_resolution: FinestResolution = None,
+    kernel_width: KernelWidth = None, kernel_layers: KernelLayers = None,
+    frequencies: Frequencies = None, omega0: Omega0 = None,
 ) -> None:
     """Fit a field to a photograph: writes recon.png, error.png, curve.*, report.json, model.safetensors."""
     flags = dict(encoding=encoding, sigma=sigma, features=features, model=model, width=width,
                  depth=depth, steps=steps, lr=lr, seed=seed, device=device, precision=precision,
-                 split=split, batch=batch, eval_every=eval_every)
+                 split=split, batch=batch, eval_every=eval_every,
+                 **grid_flags(levels, log2_table, features_per_level, base_resolution,
+                              finest_resolution, kernel_width, kernel_layers, frequencies, omega0))
     signal_kind("image")
     run_fit_command("image", path, flags, config, out, force, json_out, quiet)
