@@ -173,7 +173,8 @@ class MultiResolutionGrid(Encoding):
         self.register_buffer("_res", torch.tensor(self.resolutions, dtype=torch.float32), persistent=False)
         self.register_buffer("_res_int", torch.tensor(self.resolutions, dtype=torch.int64), persistent=False)
         self.register_buffer("_offset", torch.tensor(offsets, dtype=torch.int64), persistent=False)
-        self.register_buffer("_dense", torch.tensor(dense), persistent=False)
+        # Resolutions grow with the level, so the dense levels are a prefix.
+        self.n_dense = sum(dense)
         self.register_buffer("_hash_size", torch.tensor(table_size, dtype=torch.int64), persistent=False)
         strides = torch.stack([(torch.tensor(self.resolutions) + 1) ** i for i in range(in_dim)], -1)
         self.register_buffer("_strides", strides.to(torch.int64), persistent=False)
@@ -186,22 +187,46 @@ class MultiResolutionGrid(Encoding):
         lo, hi = self.bounds
         return ((coords.float() - lo) / (hi - lo)).clamp(0.0, 1.0)
 
-    def cell_geometry(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def cell_geometry(self, x: torch.Tensor, with_offsets: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Indices, d-linear weights and vertex offsets of every corner at every level.
 
-        x: (n, d) in [0, 1]^d. Returns index (n, L, 2^d) int64 into ``table``,
-        weight (n, L, 2^d) and r (n, L, 2^d, d) = x N_l - c, the offset from each corner.
+        x: (n, d) in [0, 1]^d. Returns index (n, L, 2^d) int64 rows of ``table``, weight
+        (n, L, 2^d), and (with ``with_offsets``) r (n, L, 2^d, d) = x N_l - c, the offset
+        of x from each corner c. Corner k has bit i of k as its offset along axis i.
+
+        Per-axis pieces (two values per axis: the lower and upper vertex) are combined
+        across axes by broadcasting, so no (n, L, 2^d, d) integer tensor is formed.
         """
         pos = x[:, None, :] * self._res[None, :, None]                       # (n, L, d)
         # Clamp so x = 1 falls in the last cell (weight 1 on its far vertex).
         cell = torch.minimum(pos.floor().long(), (self._res_int - 1)[None, :, None])
-        corners = cell[:, :, None, :] + self._corners[None, None]              # (n, L, C, d)
-        r = pos[:, :, None, :] - corners.to(pos.dtype)                         # (n, L, C, d)
-        weight = (1.0 - r.abs()).clamp_min(0.0).prod(-1)                       # (n, L, C)
-        dense_index = (corners * self._strides[None, :, None, :]).sum(-1)
-        hashed_index = spatial_hash(corners, int(self._hash_size))
-        index = torch.where(self._dense[None, :, None], dense_index, hashed_index)
-        return index + self._offset[None, :, None], weight, r
+        frac = pos - cell.to(pos.dtype)                                        # (n, L, d)
+        two = torch.arange(2, device=x.device)
+        weight = index = None
+        dense, hashed = self.n_dense, self.levels - self.n_dense
+        indices = []
+        if dense:
+            for i in range(self.in_dim):
+                step = (cell[:, :dense, i, None] + two) * self._strides[None, :dense, i, None]
+                index = step if index is None else (step[..., :, None] + index[..., None, :]).flatten(-2)
+            indices.append(index)
+        if hashed:
+            index = None
+            for i in range(self.in_dim):
+                step = (cell[:, dense:, i, None] + two) * PRIMES[i]
+                index = step if index is None else (step[..., :, None] ^ index[..., None, :]).flatten(-2)
+            indices.append(index & (int(self._hash_size) - 1))
+        for i in range(self.in_dim):
+            f = frac[:, :, i, None]
+            step = torch.cat([1.0 - f, f], -1)                                 # (n, L, 2)
+            weight = step if weight is None else (step[..., :, None] * weight[..., None, :]).flatten(-2)
+        full_index = (indices[0] if len(indices) == 1 else torch.cat(indices, 1))
+        full_index = full_index + self._offset[None, :, None]
+        r = None
+        if with_offsets:
+            r = frac[:, :, None, :] - self._corners[None, None].to(frac.dtype)  # (n, L, C, d)
+        return full_index, weight, r
 
     def level_index(self, x: torch.Tensor) -> torch.Tensor:
         """(n, L, 2^d) int64 table rows of the corners of x's cell at every level."""
@@ -210,7 +235,7 @@ class MultiResolutionGrid(Encoding):
     # ---- forward --------------------------------------------------------------------
     def blend(self, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """sum_c weight * table[index]: (n, L, C) -> (n, L * F)."""
-        feats = self.table[index]                                              # (n, L, C, F)
+        feats = self.table.index_select(0, index.reshape(-1)).view(*index.shape, -1)  # (n, L, C, F)
         return (feats * weight[..., None].to(feats.dtype)).sum(2).reshape(len(index), -1)
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
@@ -330,7 +355,7 @@ class MulFAGrid(MultiResolutionGrid):
         return 1.0 + torch.einsum("nlch,lh->nlc", z, self.B) + self.beta[None, :, None]
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
-        index, weight, r = self.cell_geometry(x)
+        index, weight, r = self.cell_geometry(x, with_offsets=True)
         return self.blend(index, weight * self.kernel(r))
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
