@@ -15,8 +15,8 @@ from nfit.checkpoint import load_checkpoint
 from nfit.config import merge_config
 from nfit.encodings import ENCODINGS, build_encoding
 from nfit.errors import UsageError
-from nfit.fit import make_optimizer
 from nfit.field import build_field
+from nfit.fit import make_optimizer
 from nfit.grids import PRIMES, level_resolutions, spatial_hash
 from nfit.networks import Siren
 from nfit.signals import signal_kind
