@@ -98,7 +98,7 @@ class Siren(nn.Module):
         self.in_dim, self.out_dim = in_dim, out_dim
         self.width, self.depth, self.output, self.omega0 = width, depth, output, float(omega0)
         dims = [in_dim] + [width] * (depth - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         with torch.no_grad():
             for k, layer in enumerate(self.layers):
                 fan_in = layer.in_features
