@@ -28,8 +28,12 @@ from nfit.signals import Task, signal_kind
 def build_task_field(task: Task, cfg: FitConfig) -> Field:
     """The field for a task, its weights drawn from ``cfg.seed``."""
     torch.manual_seed(int(cfg.seed))
+    encoding = cfg.encoding_spec()
+    if "domain" in task.meta:
+        # Grid encodings cover the signal's domain ([lo, hi] per axis; default [0, 1]).
+        encoding.setdefault("bounds", list(task.meta["domain"]))
     return build_field({"in_dim": task.in_dim, "out_dim": task.out_dim,
-                        "encoding": cfg.encoding_spec(), "network": cfg.network_spec(task.output)})
+                        "encoding": encoding, "network": cfg.network_spec(task.output)})
 
 
 def versions() -> dict[str, str]:

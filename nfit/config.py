@@ -55,11 +55,14 @@ class FitConfig:
         return dataclasses.asdict(self)
 
     def encoding_spec(self) -> dict[str, Any]:
-        return {"type": self.encoding, "sigma": self.sigma, "features": self.features,
+        """The encoding's spec; its own parameters (grid --levels, ...) come from ``extra``."""
+        return {**_own_params("encoding", self.encoding, self.extra),
+                "type": self.encoding, "sigma": self.sigma, "features": self.features,
                 "seed": self.seed}
 
     def network_spec(self, output: str = "sigmoid") -> dict[str, Any]:
-        return {"type": self.model, "width": self.width, "depth": self.depth, "output": output}
+        return {**_own_params("network", self.model, self.extra),
+                "type": self.model, "width": self.width, "depth": self.depth, "output": output}
 
     def validate(self) -> FitConfig:
         from nfit.encodings import ENCODINGS
@@ -86,6 +89,34 @@ class FitConfig:
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         return self
+
+
+def _own_params(registry: str, name: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``extra`` that the named encoding or network declares in ``params``."""
+    from nfit.encodings import ENCODINGS
+    from nfit.networks import NETWORKS
+
+    cls = (ENCODINGS if registry == "encoding" else NETWORKS).get(name)
+    return {k: v for k, v in extra.items() if k in getattr(cls, "params", ())}
+
+
+def registry_defaults(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings implied by the chosen model and encoding (``defaults`` in their registries).
+
+    ``--model siren`` implies ``--encoding none`` and the paper's lr; a grid encoding
+    implies its small MLP (2 hidden layers of 64) and Instant-NGP's lr. The model's
+    defaults are read first, since they may choose the encoding.
+    """
+    from nfit.encodings import ENCODINGS
+    from nfit.networks import NETWORKS
+
+    implied: dict[str, Any] = {}
+    model = NETWORKS.get(values.get("model", FitConfig.model))
+    implied.update(getattr(model, "defaults", {}))
+    encoding = ENCODINGS.get(values.get("encoding", implied.get("encoding", FitConfig.encoding)))
+    for key, value in getattr(encoding, "defaults", {}).items():
+        implied.setdefault(key, value)
+    return {k: v for k, v in implied.items() if k not in values}
 
 
 def load_yaml_config(path: Path | None) -> dict[str, Any]:
@@ -120,6 +151,7 @@ def merge_config(file_values: dict[str, Any], flags: dict[str, Any]) -> FitConfi
             else:
                 extra[key] = value
     cfg = FitConfig()
+    values.update(registry_defaults(values))
     for key, value in values.items():
         default = getattr(cfg, key)
         try:

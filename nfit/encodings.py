@@ -54,6 +54,8 @@ class Encoding(nn.Module):
     summary: ClassVar[str] = ""
     #: keyword arguments of ``__init__`` that a spec may carry (others are dropped)
     params: ClassVar[tuple[str, ...]] = ()
+    #: fit settings this encoding implies unless the user sets them (grids: a small MLP)
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, in_dim: int) -> None:
         super().__init__()
@@ -245,3 +247,7 @@ def build_encoding(spec: dict[str, Any], in_dim: int) -> Encoding:
         return cls(in_dim, **spec)
     except TypeError as exc:
         raise UsageError(f"bad parameters for encoding {name!r}: {exc}") from None
+
+
+# Grid encodings live in their own module and register themselves on import.
+from nfit import grids as _grids  # noqa: E402,F401

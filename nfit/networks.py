@@ -6,6 +6,7 @@ constructor. Each network takes ``(N, in_dim)`` features and returns ``(N, out_d
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -37,6 +38,10 @@ class MLP(nn.Module):
     """
 
     name: ClassVar[str] = "mlp"
+    #: keyword arguments beyond width/depth/output that a spec may carry
+    params: ClassVar[tuple[str, ...]] = ()
+    #: fit settings this network implies unless the user sets them
+    defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 256, depth: int = 4,
                  output: str = "sigmoid") -> None:
@@ -59,6 +64,57 @@ class MLP(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         return {"type": self.name, "width": self.width, "depth": self.depth, "output": self.output}
+
+
+@register("siren")
+class Siren(nn.Module):
+    """SIREN (Sitzmann et al. 2020): sine activations with their initialisation.
+
+    Layer k computes h_k = sin(omega0 * (W_k h_{k-1} + b_k)) for the ``depth - 1`` hidden
+    layers; the last layer is linear (then the signal's output activation). Weights:
+    first layer U(-1/in, 1/in), later layers U(-sqrt(6/in)/omega0, sqrt(6/in)/omega0),
+    so every hidden pre-activation omega0 * W h is ~ N(0, 1) and every sine output is
+    arcsine-distributed on [-1, 1] at initialisation (the paper's Theorem 1.8). Biases
+    keep torch's default U(-1/sqrt(in), 1/sqrt(in)). The paper's inputs lie in [-1, 1];
+    on [0, 1) grids the first layer sees half that range (raise ``omega0`` to compensate).
+
+    features: (N, in_dim)  ->  (N, out_dim)
+    """
+
+    name: ClassVar[str] = "siren"
+    params: ClassVar[tuple[str, ...]] = ("omega0",)
+    #: the paper's image fits: no encoding, 5 layers of 256, Adam lr 1e-4
+    defaults: ClassVar[dict[str, Any]] = {"encoding": "none", "depth": 5, "lr": 1e-4}
+
+    def __init__(self, in_dim: int, out_dim: int, width: int = 256, depth: int = 5,
+                 output: str = "sigmoid", omega0: float = 30.0) -> None:
+        super().__init__()
+        if depth < 2 or width < 1:
+            raise UsageError(f"siren needs --depth >= 2 and --width >= 1 (got {depth}, {width})")
+        if output not in OUTPUT_ACTIVATIONS:
+            raise UsageError(f"unknown output activation {output!r}")
+        if not (math.isfinite(omega0) and omega0 > 0):
+            raise UsageError(f"--omega0 must be a positive number, got {omega0}")
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.width, self.depth, self.output, self.omega0 = width, depth, output, float(omega0)
+        dims = [in_dim] + [width] * (depth - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        with torch.no_grad():
+            for k, layer in enumerate(self.layers):
+                fan_in = layer.in_features
+                bound = 1.0 / fan_in if k == 0 else math.sqrt(6.0 / fan_in) / self.omega0
+                layer.weight.uniform_(-bound, bound)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        h = features
+        for layer in self.layers[:-1]:
+            h = torch.sin(self.omega0 * layer(h))
+        out = self.layers[-1](h)
+        return torch.sigmoid(out) if self.output == "sigmoid" else out
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.name, "width": self.width, "depth": self.depth,
+                "output": self.output, "omega0": self.omega0}
 
 
 def build_network(spec: dict[str, Any], in_dim: int, out_dim: int) -> nn.Module:

@@ -23,19 +23,43 @@ stdout = Console(highlight=False)
 
 # Shared option types: None defaults mean "not given", so YAML values can stand under them.
 Encoding = Annotated[str | None, typer.Option(
-    help="input encoding: none, basic, posenc, gauss, laplace, uniform, loguniform (see `nfit encodings`)")]
+    help="input encoding: none, basic, posenc, gauss, laplace, uniform, loguniform, hashgrid, densegrid, "
+         "mulfagrid (see `nfit encodings`)")]
 Sigma = Annotated[float | None, typer.Option(help="bandwidth: scale of the encoding's frequencies (default 10)")]
 Features = Annotated[int | None, typer.Option(help="number of Fourier frequencies m (default 256)")]
-Model = Annotated[str | None, typer.Option(help="network: mlp (default mlp)")]
-Width = Annotated[int | None, typer.Option(help="hidden width (default 256)")]
-Depth = Annotated[int | None, typer.Option(help="number of linear layers (default 4)")]
+Model = Annotated[str | None, typer.Option(help="network: mlp or siren (default mlp; siren implies --encoding none)")]
+Width = Annotated[int | None, typer.Option(help="hidden width (default 256; 64 after a grid encoding)")]
+Depth = Annotated[int | None, typer.Option(help="number of linear layers (default 4; 3 after a grid encoding, 5 for siren)")]
 Steps = Annotated[int | None, typer.Option(help="optimisation steps (default 2000)")]
-Lr = Annotated[float | None, typer.Option(help="Adam learning rate (default 1e-3)")]
+Lr = Annotated[float | None, typer.Option(help="Adam learning rate (default 1e-3; 1e-2 for grid encodings, 1e-4 for siren)")]
 Seed = Annotated[int | None, typer.Option(help="seed for weights, frequencies and sampling (default 0)")]
 Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps (default auto)")]
 Precision = Annotated[str | None, typer.Option(help="auto, fp32, bf16 or tf32 (default auto)")]
 Batch = Annotated[int | None, typer.Option(help="points per step; 0 = full batch (default 0)")]
 EvalEvery = Annotated[int | None, typer.Option("--eval-every", help="steps between held-out evaluations (default 25)")]
+# Grid encodings (hashgrid, densegrid, mulfagrid) and SIREN; they travel in FitConfig.extra.
+Levels = Annotated[int | None, typer.Option(help="grid levels L (hashgrid 16, densegrid/mulfagrid 8)")]
+Log2Table = Annotated[int | None, typer.Option("--log2-table", help="hash table size T = 2^N per level (hashgrid 19)")]
+FeaturesPerLevel = Annotated[int | None, typer.Option("--features-per-level", help="grid features F per level (default 2)")]
+BaseResolution = Annotated[int | None, typer.Option("--base-resolution", help="coarsest grid resolution N_min (default 16)")]
+FinestResolution = Annotated[int | None, typer.Option("--finest-resolution", help="finest grid resolution N_max (hashgrid 512, densegrid/mulfagrid 256)")]
+KernelWidth = Annotated[int | None, typer.Option("--kernel-width", help="mulfagrid: hidden width of the kernel's filter network (default 16)")]
+KernelLayers = Annotated[int | None, typer.Option("--kernel-layers", help="mulfagrid: multiplicative filter layers (default 2)")]
+Frequencies = Annotated[int | None, typer.Option("--frequencies", help="mulfagrid: Fourier octaves fed to the kernel (default 4)")]
+Omega0 = Annotated[float | None, typer.Option("--omega0", help="siren: frequency factor omega0 of the sine layers (default 30)")]
+
+
+def grid_flags(levels: int | None, log2_table: int | None, features_per_level: int | None,
+               base_resolution: int | None, finest_resolution: int | None,
+               kernel_width: int | None, kernel_layers: int | None, frequencies: int | None,
+               omega0: float | None) -> dict[str, Any]:
+    """The grid/SIREN options as flags for ``merge_config`` (None = not given)."""
+    return dict(levels=levels, log2_table=log2_table, features_per_level=features_per_level,
+                base_resolution=base_resolution, finest_resolution=finest_resolution,
+                kernel_width=kernel_width, kernel_layers=kernel_layers, frequencies=frequencies,
+                omega0=omega0)
+
+
 Out = Annotated[Path | None, typer.Option(help="output directory (default runs/<input name>)")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file of options; flags override it")]
 Json = Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")]

@@ -9,6 +9,7 @@ import typer
 
 from nfit.api import prepare_task
 from nfit.cli.common import (
+    BaseResolution,
     Batch,
     CheckpointEvery,
     ConfigFile,
@@ -17,11 +18,19 @@ from nfit.cli.common import (
     Encoding,
     EvalEvery,
     Features,
+    FeaturesPerLevel,
+    FinestResolution,
     Force,
+    Frequencies,
     Json,
+    KernelLayers,
+    KernelWidth,
+    Levels,
+    Log2Table,
     Lr,
     MaxMemory,
     Model,
+    Omega0,
     Out,
     Precision,
     Quiet,
@@ -32,6 +41,7 @@ from nfit.cli.common import (
     Width,
     emit,
     fit_progress,
+    grid_flags,
     handle_errors,
 )
 from nfit.config import FitConfig, load_yaml_config, merge_config
@@ -118,11 +128,17 @@ def image(
     batch: Batch = None, eval_every: EvalEvery = None, out: Out = None, config: ConfigFile = None,
     json_out: Json = False, quiet: Quiet = False, force: Force = False,
     checkpoint_every: CheckpointEvery = None, resume: Resume = False, max_memory: MaxMemory = None,
+    levels: Levels = None, log2_table: Log2Table = None, features_per_level: FeaturesPerLevel = None,
+    base_resolution: BaseResolution = None, finest_resolution: FinestResolution = None,
+    kernel_width: KernelWidth = None, kernel_layers: KernelLayers = None,
+    frequencies: Frequencies = None, omega0: Omega0 = None,
 ) -> None:
     """Fit a field to a photograph: writes recon.png, error.png, curve.*, report.json, model.safetensors."""
     flags = dict(encoding=encoding, sigma=sigma, features=features, model=model, width=width,
                  depth=depth, steps=steps, lr=lr, seed=seed, device=device, precision=precision,
-                 split=split, batch=batch, eval_every=eval_every)
+                 split=split, batch=batch, eval_every=eval_every,
+                 **grid_flags(levels, log2_table, features_per_level, base_resolution,
+                              finest_resolution, kernel_width, kernel_layers, frequencies, omega0))
     signal_kind("image")
     run_fit_command("image", path, flags, config, out, force, json_out, quiet,
                     checkpoint_every=checkpoint_every, resume=resume, max_memory=max_memory)

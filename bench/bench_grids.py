@@ -1,0 +1,127 @@
+"""Grid models against the Fourier-feature MLPs on the paper's 2D protocol, and hash-grid speed.
+
+Table 1: for each Kodak image in ../shared/data/images (``--split paper``: 512 centre
+crop, train [::2, ::2], test [1::2, 1::2]) and each model, held-out (test) PSNR,
+training PSNR, wall time and parameter count. Every model uses its registry defaults
+(grids: 2 hidden layers of 64 and Instant-NGP's Adam; siren: no encoding, lr 1e-4);
+the Fourier MLPs use sigma 10 as in Tancik et al.
+
+Table 2: forward + backward throughput (points/s) on 2^18 random points of the hash
+grid (16 levels, T = 2^19) alone, of its whole field (grid + MLP 64x2), and of the
+Gaussian Fourier-feature MLP (256x3) on the same points.
+
+    python bench/bench_grids.py            # 4 images, 2000 steps (hours on a small CPU)
+    python bench/bench_grids.py --quick    # 1 image, 100 steps
+    python bench/bench_grids.py --quick --steps 30 --models hashgrid,gauss
+
+Timings are wall-clock on a shared machine and noisy; compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nfit.api import build_task_field, fit_task, prepare_task  # noqa: E402
+from nfit.config import merge_config  # noqa: E402
+from nfit.field import build_field  # noqa: E402
+
+IMAGES = ROOT.parent / "shared" / "data" / "images"
+MODELS = {
+    "none": {"encoding": "none"},
+    "basic": {"encoding": "basic"},
+    "posenc": {"encoding": "posenc", "sigma": 10.0},
+    "gauss": {"encoding": "gauss", "sigma": 10.0},
+    "hashgrid": {"encoding": "hashgrid"},
+    "densegrid": {"encoding": "densegrid"},
+    "mulfagrid": {"encoding": "mulfagrid"},
+    "siren": {"model": "siren"},
+}
+
+
+def throughput(points: int, repeats: int) -> list[tuple[str, float, int]]:
+    """(name, points/s of forward+backward, parameters) on ``points`` random 2D points."""
+    x = torch.rand(points, 2)
+    rows = []
+    fields = {
+        "hashgrid encoding": None,
+        "hashgrid field (grid + MLP 64x2)": merge_config({}, {"encoding": "hashgrid"}),
+        "gauss MLP (features cached, 256x3)": merge_config({}, {"encoding": "gauss"}),
+    }
+    for name, cfg in fields.items():
+        if cfg is None:
+            cfg = merge_config({}, {"encoding": "hashgrid"})
+            module = build_field({"in_dim": 2, "out_dim": 3, "encoding": cfg.encoding_spec(),
+                                  "network": cfg.network_spec()}).encoding
+            inputs = x
+        else:
+            fld = build_field({"in_dim": 2, "out_dim": 3, "encoding": cfg.encoding_spec(),
+                               "network": cfg.network_spec()})
+            if fld.encoding.trainable:
+                module, inputs = fld, x
+            else:  # fit caches a fixed encoding's features: only the network trains
+                module = fld.network
+                with torch.no_grad():
+                    inputs = fld.encoding(x)
+        module(inputs[:1024]).sum().backward()  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            module.zero_grad(set_to_none=True)
+            module(inputs).sum().backward()
+        elapsed = (time.perf_counter() - start) / repeats
+        rows.append((name, points / elapsed, sum(p.numel() for p in module.parameters())))
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one image, 100 steps")
+    parser.add_argument("--steps", type=int, default=None, help="override the number of steps")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+
+    if not args.skip_throughput:
+        points = 1 << 18
+        print(f"\nforward+backward throughput on {points} points (CPU, "
+              f"{torch.get_num_threads()} threads)")
+        print(f"{'what':38s} {'points/s':>12s} {'params':>10s}")
+        for name, rate, params in throughput(points, 1 if args.quick else 3):
+            print(f"{name:38s} {rate:12.3g} {params:10d}", flush=True)
+
+    if not IMAGES.is_dir():
+        print(f"no images at {IMAGES}; skipping the fit table")
+        return 0
+    images = sorted(IMAGES.glob("kodim*.png"))[: 1 if args.quick else None]
+    steps = args.steps or (100 if args.quick else 2000)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    print(f"\npaper protocol (512 crop, train [::2,::2], test [1::2,1::2]), {steps} steps")
+    print(f"{'image':10s} {'model':10s} {'test PSNR':>9s} {'train PSNR':>10s} "
+          f"{'wall s':>8s} {'params':>9s}")
+    totals: dict[str, list[float]] = {}
+    for image in images:
+        for name in names:
+            cfg = merge_config({}, {**MODELS[name], "steps": steps, "split": "paper",
+                                    "eval_every": steps, "device": "cpu", "precision": "fp32"})
+            task = prepare_task("image", image, cfg)
+            result = fit_task(task, cfg)
+            params = build_task_field(task, cfg).parameter_count()
+            test, train = result.metrics["test_psnr"], result.metrics["train_psnr"]
+            totals.setdefault(name, []).append(test)
+            print(f"{image.stem:10s} {name:10s} {test:9.2f} {train:10.2f} "
+                  f"{result.wall_time:8.1f} {params:9d}", flush=True)
+    print("\nmean held-out PSNR: " + ", ".join(
+        f"{k} {sum(v) / len(v):.2f}" for k, v in totals.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
