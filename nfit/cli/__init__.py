@@ -18,6 +18,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command()(fit_cmds.image)
+app.command()(fit_cmds.sdf)
 app.command()(model_cmds.render)
 app.command()(model_cmds.info)
 app.command()(model_cmds.encodings)

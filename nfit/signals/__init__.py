@@ -5,8 +5,9 @@ from __future__ import annotations
 from nfit.errors import UsageError
 from nfit.signals.base import SignalKind, Task
 from nfit.signals.image import IMAGE
+from nfit.signals.mesh import SDF
 
-SIGNAL_KINDS: dict[str, SignalKind] = {IMAGE.name: IMAGE}
+SIGNAL_KINDS: dict[str, SignalKind] = {IMAGE.name: IMAGE, SDF.name: SDF}
 
 
 def signal_kind(name: str) -> SignalKind:
