@@ -16,6 +16,7 @@ connected again, and refuses what no signed distance can be computed for.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,10 @@ def read_mesh(path: str | Path) -> Mesh:
     faces = getattr(loaded, "faces", None)
     faces = np.zeros((0, 3), dtype=np.int64) if faces is None else np.asarray(faces)
     if len(faces) == 0:
+        if not len(vertices):
+            # force="mesh" drops the points of a point cloud; look again to name it
+            with contextlib.suppress(Exception):
+                vertices = np.asarray(getattr(trimesh.load(str(path)), "vertices", vertices))
         if len(vertices):
             raise DataError(f"{path}: is a point cloud ({len(vertices)} points, no faces); "
                             "a signed distance needs a triangle mesh")

@@ -40,8 +40,14 @@ from nfit.config import FitConfig
 from nfit.errors import DataError, UsageError
 from nfit.field import Field
 from nfit.fit import FitResult, Problem
-from nfit.formats.meshes import (MESH_EXTENSIONS, MESH_WRITE_EXTENSIONS, Mesh, Normalisation,
-                                 read_mesh, write_mesh)
+from nfit.formats.meshes import (
+    MESH_EXTENSIONS,
+    MESH_WRITE_EXTENSIONS,
+    Mesh,
+    Normalisation,
+    read_mesh,
+    write_mesh,
+)
 from nfit.geometry import inside, iou, sample_surface, signed_distance, surface_metrics
 from nfit.plots import plot_curve, write_curve_csv
 from nfit.signals.base import Task
@@ -168,8 +174,9 @@ def extract_surface(grid: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarr
     if not (np.nanmin(grid) < 0 < np.nanmax(grid)):
         return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
     spacing = 2.0 / (grid.shape[0] - 1)
-    # inside is negative for an SDF (values ascend outwards) and positive for logits
-    direction = "ascent" if target == "sdf" else "descent"
+    # scikit-image's "descent" orients faces for values increasing outwards (an SDF);
+    # logits grow inwards, so occupancy needs the other winding (checked by a test)
+    direction = "descent" if target == "sdf" else "ascent"
     verts, faces, _, _ = marching_cubes(grid, level=0.0, spacing=(spacing,) * 3,
                                         gradient_direction=direction)
     return verts.astype(np.float64) - 1.0, faces.astype(np.int64)
