@@ -77,6 +77,8 @@ def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,
                             "loss": result.metrics[f"{role}_loss"]}
     if "test_ssim" in extra:
         report.setdefault("test", {})["ssim"] = extra.pop("test_ssim")
+    # a kind's own held-out scores (IoU, Chamfer, ...) join the test entry the CLI prints
+    report.setdefault("test", {}).update(extra.pop("test_metrics", {}))
     report.update(extra)
     save_checkpoint(out_dir / "model.safetensors", result.field, signal=task.meta,
                     config=cfg.to_dict(), metrics=result.metrics)

@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.command()(fit_cmds.image)
 app.command()(volume_cmds.volume)
+app.command()(fit_cmds.sdf)
 app.command()(model_cmds.render)
 app.command()(model_cmds.info)
 app.command()(model_cmds.encodings)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from nfit.errors import UsageError
 from nfit.signals.base import SignalKind, Task
 from nfit.signals.image import IMAGE
+from nfit.signals.mesh import SDF
 from nfit.signals.volume import VOLUME
 
-SIGNAL_KINDS: dict[str, SignalKind] = {IMAGE.name: IMAGE}
-SIGNAL_KINDS[VOLUME.name] = VOLUME
+SIGNAL_KINDS: dict[str, SignalKind] = {IMAGE.name: IMAGE, VOLUME.name: VOLUME, SDF.name: SDF}
 
 
 def signal_kind(name: str) -> SignalKind:
