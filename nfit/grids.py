@@ -123,6 +123,13 @@ class MultiResolutionGrid(Encoding):
     coords: (N, d) in [lo, hi]^d  ->  (N, levels * features_per_level)
     """
 
+    _res: torch.Tensor
+    _res_int: torch.Tensor
+    _offset: torch.Tensor
+    _hash_size: torch.Tensor
+    _strides: torch.Tensor
+    _corners: torch.Tensor
+
     uses_sigma = False
     trainable = True
     hashed: ClassVar[bool] = True
@@ -139,11 +146,13 @@ class MultiResolutionGrid(Encoding):
         if in_dim > len(PRIMES):
             raise UsageError(f"grid encodings support 1 to {len(PRIMES)} input dimensions, got {in_dim}")
         if levels < 1 or features_per_level < 1:
-            raise UsageError(f"--levels and --features-per-level must be at least 1 (got {levels}, {features_per_level})")
+            raise UsageError("--levels and --features-per-level must be at least 1 "
+                             f"(got {levels}, {features_per_level})")
         if not 1 <= log2_table <= 30:
             raise UsageError(f"--log2-table must be between 1 and 30, got {log2_table}")
         if base_resolution < 1 or finest_resolution < base_resolution:
-            raise UsageError(f"need 1 <= --base-resolution <= --finest-resolution (got {base_resolution}, {finest_resolution})")
+            raise UsageError("need 1 <= --base-resolution <= --finest-resolution "
+                             f"(got {base_resolution}, {finest_resolution})")
         lo, hi = (float(b) for b in bounds)
         if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
             raise UsageError(f"grid bounds must be finite with lo < hi, got {list(bounds)}")
@@ -314,6 +323,8 @@ class MulFAGrid(MultiResolutionGrid):
     summary = "MulFAGrid: grid features blended by a learned multiplicative-filter kernel on Fourier features"
     sigma_meaning = "not used (see --levels, --kernel-width, --finest-resolution)"
     params = MultiResolutionGrid.params + ("kernel_width", "kernel_layers", "frequencies", "seed")
+
+    _octaves: torch.Tensor
 
     def __init__(self, in_dim: int, levels: int = 8, features_per_level: int = 2,
                  log2_table: int = 22, base_resolution: int = 16, finest_resolution: int = 256,

@@ -101,6 +101,7 @@ class Siren(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
         with torch.no_grad():
             for k, layer in enumerate(self.layers):
+                assert isinstance(layer, nn.Linear)
                 fan_in = layer.in_features
                 bound = 1.0 / fan_in if k == 0 else math.sqrt(6.0 / fan_in) / self.omega0
                 layer.weight.uniform_(-bound, bound)
