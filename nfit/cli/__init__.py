@@ -7,7 +7,7 @@ import sys
 import typer
 
 from nfit import __version__
-from nfit.cli import fit_cmds, model_cmds
+from nfit.cli import fit_cmds, model_cmds, sweep_cmds
 
 app = typer.Typer(
     name="nfit",
@@ -21,6 +21,7 @@ app.command()(fit_cmds.image)
 app.command()(model_cmds.render)
 app.command()(model_cmds.info)
 app.command()(model_cmds.encodings)
+app.command()(sweep_cmds.sweep)
 
 
 def _version(value: bool) -> None:

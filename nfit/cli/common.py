@@ -47,7 +47,7 @@ def handle_errors() -> Iterator[None]:
     try:
         yield
     except NfitError as exc:
-        stderr.print(f"nfit: error: {exc}", markup=False, soft_wrap=True)
+        stderr.print(f"nfit: error: {exc}", markup=False, emoji=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("nfit: interrupted", markup=False)
