@@ -41,6 +41,10 @@ from nfit.metrics import psnr_from_mse
 from nfit.networks import MLP
 
 
+def _linears(mlp: nn.Module) -> list[nn.Linear]:
+    return [layer for layer in mlp.layers if isinstance(layer, nn.Linear)]  # type: ignore[union-attr]
+
+
 class StackedMLP(nn.Module):
     """K MLPs of one shape as stacked parameters.
 
@@ -51,24 +55,26 @@ class StackedMLP(nn.Module):
     def __init__(self, mlps: Sequence[MLP]) -> None:
         super().__init__()
         first = mlps[0]
-        shape = [tuple(layer.weight.shape) for layer in first.layers]
+        shape = [tuple(layer.weight.shape) for layer in _linears(first)]
         for m in mlps:
             if not isinstance(m, MLP):
                 raise UsageError(f"sweeps train MLP networks only, not {type(m).__name__}")
-            if [tuple(layer.weight.shape) for layer in m.layers] != shape or m.output != first.output:
+            m_shape = [tuple(layer.weight.shape) for layer in _linears(m)]
+            if m_shape != shape or m.output != first.output:
                 raise ValueError("ensemble members must have networks of identical shape")
         self.k, self.output = len(mlps), first.output
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.stack([m.layers[i].weight.detach().T for m in mlps]).contiguous())
+            nn.Parameter(torch.stack([_linears(m)[i].weight.detach().T for m in mlps]).contiguous())
             for i in range(len(shape)))
         self.biases = nn.ParameterList(
-            nn.Parameter(torch.stack([m.layers[i].bias.detach()[None] for m in mlps]).contiguous())
+            nn.Parameter(torch.stack([_linears(m)[i].bias.detach()[None]
+                                      for m in mlps]).contiguous())
             for i in range(len(shape)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         h = features
         last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=False)):
             h = torch.baddbmm(b, h, w)
             if i < last:
                 h = torch.relu(h)
@@ -78,7 +84,7 @@ class StackedMLP(nn.Module):
         """Copy member k's trained weights into ``mlps[k]`` (a plain MLP again)."""
         with torch.no_grad():
             for k, m in enumerate(mlps):
-                for i, layer in enumerate(m.layers):
+                for i, layer in enumerate(_linears(m)):
                     layer.weight.copy_(self.weights[i][k].T)
                     layer.bias.copy_(self.biases[i][k, 0])
 
@@ -119,7 +125,8 @@ def member_losses(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def member_scores(kind: str, pred: torch.Tensor, target: torch.Tensor) -> tuple[list[float], list[float]]:
+def member_scores(kind: str, pred: torch.Tensor,
+                  target: torch.Tensor) -> tuple[list[float], list[float]]:
     """(losses, metrics) per member, in float64, with one host transfer. pred: (K, N, C)."""
     pred, target = pred.double(), target.double().expand_as(pred)
     if kind == "mse":
@@ -190,9 +197,9 @@ def train_ensemble(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *,
             for name, (x, y) in eval_sets.items():
                 pred = _predict(net, fields, x, compute_dtype, chunk)
                 losses_e, metrics_e = member_scores(problem.loss, pred, y)
-                for row, lv, mv in zip(rows, losses_e, metrics_e):
+                for row, lv, mv in zip(rows, losses_e, metrics_e, strict=False):
                     row[f"{name}_loss"], row[f"{name}_{metric}"] = lv, mv
-        for row, hist in zip(rows, histories):
+        for row, hist in zip(rows, histories, strict=False):
             row["time"] = elapsed
             hist.append(row)
 
@@ -202,10 +209,12 @@ def train_ensemble(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *,
         if sampler is not None:
             drawn = [sampler(step, generators[s]) for s in distinct]
             xs = [drawn[int(j)][0].to(device) for j in slot.tolist()]
-            xin = torch.stack([f.encoding(x).to(compute_dtype) for f, x in zip(fields, xs)])
+            xin = torch.stack([f.encoding(x).to(compute_dtype)
+                               for f, x in zip(fields, xs, strict=True)])
             yt = torch.stack([drawn[int(j)][1].to(device) for j in slot.tolist()])
         elif batch:
-            idx = torch.stack([torch.randint(n_train, (batch,), device=device, generator=generators[s])
+            idx = torch.stack([torch.randint(n_train, (batch,), device=device,
+                                             generator=generators[s])
                                for s in distinct])[slot]  # (K, batch)
             assert train_in is not None
             xin, yt = train_in[member_rows, idx], train_y[idx]
@@ -237,11 +246,13 @@ def train_ensemble(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *,
     sets.update(eval_sets)
     metrics: list[dict[str, float]] = [{} for _ in range(k)]
     for name, (x, y) in sets.items():
-        losses_f, metrics_f = member_scores(problem.loss, _predict(net, fields, x, torch.float32, chunk), y)
-        for m, lv, mv in zip(metrics, losses_f, metrics_f):
+        pred = _predict(net, fields, x, torch.float32, chunk)
+        losses_f, metrics_f = member_scores(problem.loss, pred, y)
+        for m, lv, mv in zip(metrics, losses_f, metrics_f, strict=False):
             m[f"{name}_loss"], m[f"{name}_{metric}"] = lv, mv
     final = last.tolist()
-    results = [MemberResult(h, m, diverged=not math.isfinite(v)) for h, m, v in zip(histories, metrics, final)]
+    results = [MemberResult(h, m, diverged=not math.isfinite(v))
+               for h, m, v in zip(histories, metrics, final, strict=True)]
     return EnsembleResult(results, cfg.steps, wall, str(device), precision)
 
 
@@ -274,7 +285,7 @@ def member_bytes(*, n_train: int, n_step: int, feature_dim: int, width: int, dep
     """
     dt = 2 if precision == "bf16" else 4
     dims = [feature_dim] + [width] * (depth - 1) + [out_dim]
-    params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:]))
+    params = sum(a * b + b for a, b in zip(dims[:-1], dims[1:], strict=False))
     act = 5 * n_step * width * max(depth - 1, 1) * 4 + n_step * (feature_dim * dt + 4 * out_dim * 4)
     cache = n_train * feature_dim * dt if cached else n_step * feature_dim * 4
     evaluation = (chunk * (feature_dim + 2 * width) * 4)

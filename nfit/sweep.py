@@ -94,7 +94,8 @@ def parse_sigmas(text: str) -> SigmaSpec:
     if ":" in whole:
         match = re.fullmatch(r"([^:]+):([^:]+):(\d+)(log|lin)", whole)
         if not match:
-            raise UsageError(f"bad --sigma range {text!r}: expected START:END:Nlog or START:END:Nlin, "
+            raise UsageError(f"bad --sigma range {text!r}: expected START:END:Nlog or "
+                             "START:END:Nlin, "
                              "e.g. 2:64:8log")
         a, b = _positive(match[1], text), _positive(match[2], text)
         n = int(match[3])
@@ -102,18 +103,14 @@ def parse_sigmas(text: str) -> SigmaSpec:
             raise UsageError(f"bad --sigma range {text!r}: need at least 2 values, got {n}")
         if not a < b:
             raise UsageError(f"bad --sigma range {text!r}: the start must be below the end")
-        if match[4] == "log":
-            values = np.geomspace(a, b, n)
-        else:
-            values = np.linspace(a, b, n)
-        return SigmaSpec("list", tuple(float(f"{v:.6g}") for v in values), whole)
+        spaced = np.geomspace(a, b, n) if match[4] == "log" else np.linspace(a, b, n)
+        return SigmaSpec("list", tuple(float(f"{v:.6g}") for v in spaced), whole)
     parts = [p.strip() for p in whole.split(",")]
     if not any(parts):
         raise UsageError("empty --sigma list: give values like 1,3,10, a range 2:64:8log, or auto")
     if any(not p for p in parts):
         raise UsageError(f"bad --sigma list {text!r}: empty entry between commas")
-    values = tuple(dict.fromkeys(_positive(p, text) for p in parts))
-    return SigmaSpec("list", values, whole)
+    return SigmaSpec("list", tuple(dict.fromkeys(_positive(p, text) for p in parts)), whole)
 
 
 def parse_encodings(text: str) -> list[str]:
@@ -123,7 +120,8 @@ def parse_encodings(text: str) -> list[str]:
         raise UsageError("empty --encoding list; choose from: " + ", ".join(encoding_names()))
     for name in names:
         if name not in ENCODINGS:
-            raise UsageError(f"unknown encoding {name!r}; choose from: {', '.join(encoding_names())}")
+            raise UsageError(f"unknown encoding {name!r}; "
+                             f"choose from: {', '.join(encoding_names())}")
         if ENCODINGS[name].trainable:
             raise UsageError(f"encoding {name!r} has learned parameters; sweeps train fixed "
                              "encodings only")
@@ -174,13 +172,13 @@ class SweepResult:
     def best_fit_result(self) -> FitResult:
         b = self.best
         assert b.field is not None
-        return FitResult(b.field, b.history, b.metrics, len(b.history) and int(b.history[-1]["step"]),
-                         b.wall_time, self.device, self.precision,
-                         extra={"sweep_group": b.group})
+        steps = int(b.history[-1]["step"]) if b.history else 0
+        return FitResult(b.field, b.history, b.metrics, steps, b.wall_time, self.device,
+                         self.precision, extra={"sweep_group": b.group})
 
 
 def nyquist_sigma(task: Task) -> tuple[float, str]:
-    """The starting sigma for ``auto`` from the training points' sampling rate (module docstring)."""
+    """The starting sigma for ``auto`` from the training points' sampling rate (see module doc)."""
     x = task.problem.train_x
     if x.ndim != 2 or len(x) < 4:
         return 10.0, "no training grid to measure; starting at sigma 10"
@@ -223,12 +221,13 @@ def train_members(task: Task, base: FitConfig, members: Sequence[Member], *,
     groups = plan_groups(shapes, per, budget)
     described: list[dict[str, Any]] = []
     for g, idx in enumerate(groups, start=first_group):
-        label = f"group {g + 1}: {len(idx)} member{'s' * (len(idx) != 1)}, {shapes[idx[0]]} features"
+        plural = "s" * (len(idx) != 1)
+        label = f"group {g + 1}: {len(idx)} member{plural}, {shapes[idx[0]]} features"
         on_step = on_group(label, base.steps) if on_group else None
         result = train_ensemble([fields[i] for i in idx], problem, base,
                                 seeds=[members[i].seed for i in idx], device=device,
                                 precision=precision, on_step=on_step)
-        for i, r in zip(idx, result.members):
+        for i, r in zip(idx, result.members, strict=False):
             m = members[i]
             m.group, m.field, m.history, m.metrics = g, fields[i], r.history, r.metrics
             m.diverged, m.wall_time = r.diverged, result.wall_time
@@ -258,11 +257,16 @@ def summarize(members: Sequence[Member], metric: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _best(rows: Sequence[dict[str, Any]], metric: str, encoding: str | None = None) -> dict[str, Any] | None:
+def _best(rows: Sequence[dict[str, Any]], metric: str,
+          encoding: str | None = None) -> dict[str, Any] | None:
     key = f"val_{metric}"
     candidates = [r for r in rows if (encoding is None or r["encoding"] == encoding)
                   and r[key] == r[key]]
     return max(candidates, key=lambda r: r[key]) if candidates else None
+
+
+def _tried(members: Sequence[Member], encoding: str) -> list[float]:
+    return sorted(m.sigma for m in members if m.encoding == encoding and m.sigma is not None)
 
 
 def plan_members(encodings: Sequence[str], sigmas: Sequence[float], seeds: Sequence[int],
@@ -336,7 +340,7 @@ def run_sweep(task: Task, base: FitConfig, encodings: Sequence[str], sigma: Sigm
             rows = summarize(members, metric)
             new: list[Member] = []
             for enc in sigma_encodings:
-                tried = sorted(m.sigma for m in members if m.encoding == enc and m.sigma is not None)
+                tried = _tried(members, enc)
                 best = _best(rows, metric, enc)
                 if best is None:
                     continue
@@ -360,13 +364,13 @@ def run_sweep(task: Task, base: FitConfig, encodings: Sequence[str], sigma: Sigm
             groups += train_members(task, base, new, device=device, precision=precision,
                                     memory=memory, on_group=on_group, first_group=len(groups))
             members += new
-            auto["rounds"].append({"round": r, "sigmas": sorted({m.sigma for m in new}),
-                                   "factor": dict(factor)})
+            new_sigmas = sorted({float(m.sigma or 0.0) for m in new})
+            auto["rounds"].append({"round": r, "sigmas": new_sigmas, "factor": dict(factor)})
         # Converged: the best sigma is inside what was tried, bracketed at the tolerance.
         rows = summarize(members, metric)
         for enc in sigma_encodings:
             best = _best(rows, metric, enc)
-            tried = sorted(m.sigma for m in members if m.encoding == enc and m.sigma is not None)
+            tried = _tried(members, enc)
             inside = best is not None and tried[0] < best["sigma"] < tried[-1]
             done[enc] = bool(inside and factor[enc] <= AUTO_TOLERANCE)
         auto["converged"] = dict(done)

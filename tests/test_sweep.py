@@ -37,14 +37,15 @@ def test_ensemble_equals_single_fits(tiny_rgb: Path, batch: int) -> None:
     fields = [build_task_field(task, c) for c in cfgs]
     result = train_ensemble(fields, task.problem, base, seeds=[c.seed for c in cfgs],
                             device=torch.device("cpu"), precision="fp32")
-    for c, fld, got in zip(cfgs, fields, result.members):
+    for c, fld, got in zip(cfgs, fields, result.members, strict=False):
         alone = fit(build_task_field(task, c), task.problem, c, device=torch.device("cpu"),
                     precision="fp32")
         for name, value in alone.metrics.items():
             assert got.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
         assert [r["step"] for r in got.history] == [r["step"] for r in alone.history]
         assert got.history[-1]["val_psnr"] == pytest.approx(alone.history[-1]["val_psnr"], rel=1e-4)
-        for (name, p), q in zip(fld.state_dict().items(), alone.field.state_dict().values()):
+        trained = alone.field.state_dict().values()
+        for (name, p), q in zip(fld.state_dict().items(), trained, strict=True):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
         # Training moved the weights: the comparison is not of two untouched inits.
         init = build_task_field(task, c).state_dict()
@@ -111,7 +112,7 @@ def test_groups_split_by_memory_give_the_same_numbers() -> None:
     apart = run_sweep(task, cfg, ["gauss"], sigmas, seeds=2, memory=int(2.5 * one))
     assert len(together.groups) == 1
     assert [g["members"] for g in apart.groups] == [2, 2, 2]
-    for a, b in zip(together.members, apart.members):
+    for a, b in zip(together.members, apart.members, strict=False):
         assert (a.sigma, a.seed) == (b.sigma, b.seed)
         assert a.metrics["val_psnr"] == pytest.approx(b.metrics["val_psnr"], rel=1e-5)
 
@@ -130,7 +131,7 @@ def test_parse_sigmas() -> None:
     assert parse_sigmas("1:5:5lin").values == (1.0, 2.0, 3.0, 4.0, 5.0)
     log = parse_sigmas("2:64:8log").values
     assert len(log) == 8 and log[0] == 2.0 and log[-1] == 64.0
-    ratios = [b / a for a, b in zip(log, log[1:])]
+    ratios = [b / a for a, b in zip(log, log[1:], strict=False)]
     assert max(ratios) == pytest.approx(min(ratios), rel=1e-4)
     assert ratios[0] == pytest.approx(32 ** (1 / 7), rel=1e-4)
     assert parse_sigmas("AUTO").mode == "auto"
@@ -212,5 +213,6 @@ def test_cli_bad_input(tiny_rgb: Path, tmp_path: Path, extra: list[str], message
 
 
 def test_cli_unknown_kind(tiny_rgb: Path, tmp_path: Path) -> None:
-    res = CliRunner().invoke(app, ["sweep", "hologram", str(tiny_rgb), "--out", str(tmp_path / "x")])
+    res = CliRunner().invoke(app, ["sweep", "hologram", str(tiny_rgb),
+                                   "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "unknown signal kind 'hologram'" in res.stderr

@@ -1,4 +1,4 @@
-"""`nfit sweep KIND PATH`: choose the encoding and sigma on held-out data, as one batched ensemble."""
+"""`nfit sweep KIND PATH`: choose encoding and sigma on held-out data, as one batched ensemble."""
 
 from __future__ import annotations
 
@@ -14,14 +14,53 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from nfit.api import prepare_task
-from nfit.cli.common import (Batch, ConfigFile, Depth, Device, EvalEvery, Features, Force, Json,
-                             Lr, Out, Precision, Quiet, Seed, Steps, Width, _json_safe, fmt,
-                             handle_errors, stderr, stdout)
+from nfit.cli.common import (
+    Batch,
+    ConfigFile,
+    Depth,
+    Device,
+    EvalEvery,
+    Features,
+    Force,
+    Json,
+    Lr,
+    Out,
+    Precision,
+    Quiet,
+    Seed,
+    Steps,
+    Width,
+    _json_safe,
+    fmt,
+    handle_errors,
+    stderr,
+    stdout,
+)
 from nfit.config import load_yaml_config, merge_config
 from nfit.errors import UsageError
 from nfit.io import resolve_out_dir
 from nfit.signals import signal_kind
-from nfit.sweep import AUTO_ROUNDS, SweepResult, parse_encodings, parse_sigmas, run_sweep, write_sweep
+from nfit.sweep import (
+    AUTO_ROUNDS,
+    SweepResult,
+    parse_encodings,
+    parse_sigmas,
+    run_sweep,
+    write_sweep,
+)
+
+EncodingList = Annotated[str, typer.Option(
+    "--encoding", help="comma-separated encodings, e.g. gauss,posenc,laplace")]
+SigmaList = Annotated[str, typer.Option(
+    "--sigma", help="list 1,3,10,30; range START:END:Nlog (2:64:8log) or START:END:Nlin; "
+    "or auto (Nyquist guess, then refinement)")]
+Seeds = Annotated[int, typer.Option(help="seeds per configuration (--seed, --seed+1, ...)")]
+Rounds = Annotated[int, typer.Option(
+    help="refinement rounds of --sigma auto after its coarse grid")]
+MemoryGiB = Annotated[float | None, typer.Option(
+    "--memory", help="GiB the ensembles may use (default: 60% of free memory)")]
+SweepSplit = Annotated[str | None, typer.Option(
+    "--split", help="paper (validation [::2,1::2]) or random[:F] (default paper)")]
 
 
 @contextlib.contextmanager
@@ -58,13 +97,15 @@ def results_table(result: SweepResult) -> Table:
     for column in ("", "encoding", "sigma", "seeds", f"train {metric}", f"val {metric}",
                    f"test {metric}"):
         table.add_column(column, justify="right" if column not in ("", "encoding") else "left")
+    def cell(row: dict[str, Any], role: str) -> str:
+        value, spread = row[f"{role}_{metric}"], row[f"{role}_{metric}_std"]
+        return fmt(value) + (f" ± {spread:.2g}" if row["seeds"] > 1 else "")
+
     for row in result.configs:
-        def cell(role: str) -> str:
-            value, spread = row[f"{role}_{metric}"], row[f"{role}_{metric}_std"]
-            return fmt(value) + (f" ± {spread:.2g}" if row["seeds"] > 1 else "")
         mark = "*" if row["best"] else ""
-        table.add_row(mark, row["encoding"], "-" if row["sigma"] is None else f"{row['sigma']:g}",
-                      str(row["seeds"] - row["diverged"]), cell("train"), cell("val"), cell("test"),
+        sigma = "-" if row["sigma"] is None else f"{row['sigma']:g}"
+        table.add_row(mark, row["encoding"], sigma, str(row["seeds"] - row["diverged"]),
+                      cell(row, "train"), cell(row, "val"), cell(row, "test"),
                       style="bold" if row["best"] else None)
     return table
 
@@ -72,14 +113,11 @@ def results_table(result: SweepResult) -> Table:
 def sweep(
     kind: Annotated[str, typer.Argument(help="signal kind: image (volume, sdf where installed)")],
     path: Annotated[Path, typer.Argument(help="the signal file")],
-    encoding: Annotated[str, typer.Option(help="comma-separated encodings, e.g. gauss,posenc,laplace")] = "gauss",
-    sigma: Annotated[str, typer.Option(help="list 1,3,10,30; range START:END:Nlog (2:64:8log) or START:END:Nlin; or auto (Nyquist guess, then refinement)")] = "auto",
-    seeds: Annotated[int, typer.Option(help="seeds per configuration (--seed, --seed+1, ...)")] = 1,
-    rounds: Annotated[int, typer.Option(help="refinement rounds of --sigma auto after its coarse grid")] = AUTO_ROUNDS,
-    memory: Annotated[float | None, typer.Option(help="GiB the ensembles may use (default: 60% of free memory)")] = None,
+    encoding: EncodingList = "gauss", sigma: SigmaList = "auto", seeds: Seeds = 1,
+    rounds: Rounds = AUTO_ROUNDS, memory: MemoryGiB = None,
     features: Features = None, width: Width = None, depth: Depth = None, steps: Steps = None,
     lr: Lr = None, seed: Seed = None, device: Device = None, precision: Precision = None,
-    split: Annotated[str | None, typer.Option(help="paper (validation [::2,1::2]) or random[:F] (default paper)")] = None,
+    split: SweepSplit = None,
     batch: Batch = None, eval_every: EvalEvery = None, out: Out = None, config: ConfigFile = None,
     json_out: Json = False, quiet: Quiet = False, force: Force = False,
 ) -> None:
@@ -120,7 +158,8 @@ def sweep(
         sigma_text = "-" if chosen["sigma"] is None else f"{chosen['sigma']:g}"
         stdout.print(f"chosen: {chosen['encoding']} sigma={sigma_text}  "
                      f"val {metric} {fmt(chosen[f'val_{metric}'])}  "
-                     f"test {metric} {fmt(chosen[f'test_{metric}'])} (reported, not used to choose)")
+                     f"test {metric} {fmt(chosen[f'test_{metric}'])} "
+                     "(reported, not used to choose)")
         groups = ", ".join(f"{g['members']}x{g['feature_dim']}f" for g in result.groups)
         stdout.print(f"groups: {len(result.groups)} ({groups}); wall {result.wall_time:.3g} s on "
                      f"{result.device} ({result.precision}); output {out_dir}")
