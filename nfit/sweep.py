@@ -447,6 +447,10 @@ def plot_sweep(path: Path, result: SweepResult, title: str = "") -> None:
         ax.plot([best["sigma"]], [best[f"val_{metric}"]], "*", color="black", ms=12,
                 label=f"chosen: {best['encoding']} sigma={best['sigma']:g}")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("sigma")
     ax.set_ylabel(metric.upper() + (" (dB)" if metric == "psnr" else ""))
     ax.grid(alpha=0.3, which="both")

@@ -103,7 +103,7 @@ def results_table(result: SweepResult) -> Table:
 
     for row in result.configs:
         mark = "*" if row["best"] else ""
-        sigma = "-" if row["sigma"] is None else f"{row['sigma']:g}"
+        sigma = "-" if row["sigma"] is None else f"{row['sigma']:.4g}"
         table.add_row(mark, row["encoding"], sigma, str(row["seeds"] - row["diverged"]),
                       cell(row, "train"), cell(row, "val"), cell(row, "test"),
                       style="bold" if row["best"] else None)
@@ -159,7 +159,7 @@ def sweep(
         stdout.print(f"chosen: {chosen['encoding']} sigma={sigma_text}  "
                      f"val {metric} {fmt(chosen[f'val_{metric}'])}  "
                      f"test {metric} {fmt(chosen[f'test_{metric}'])} "
-                     "(reported, not used to choose)")
+                     "(reported, not used to choose)", soft_wrap=True)
         groups = ", ".join(f"{g['members']}x{g['feature_dim']}f" for g in result.groups)
         stdout.print(f"groups: {len(result.groups)} ({groups}); wall {result.wall_time:.3g} s on "
-                     f"{result.device} ({result.precision}); output {out_dir}")
+                     f"{result.device} ({result.precision}); output {out_dir}", soft_wrap=True)
