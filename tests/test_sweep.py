@@ -216,3 +216,10 @@ def test_cli_unknown_kind(tiny_rgb: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["sweep", "hologram", str(tiny_rgb),
                                    "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "unknown signal kind 'hologram'" in res.stderr
+
+
+def test_encodings_lists_which_take_sigma() -> None:
+    res = CliRunner().invoke(app, ["encodings", "--json"])
+    entries = {e["name"]: e for e in json.loads(res.stdout)["encodings"]}
+    assert entries["gauss"]["uses_sigma"] and entries["posenc"]["uses_sigma"]
+    assert not entries["none"]["uses_sigma"] and not entries["basic"]["uses_sigma"]
