@@ -7,7 +7,7 @@ import sys
 import typer
 
 from nfit import __version__
-from nfit.cli import fit_cmds, kernel_cmds, model_cmds, volume_cmds
+from nfit.cli import fit_cmds, kernel_cmds, model_cmds, sweep_cmds, volume_cmds
 
 app = typer.Typer(
     name="nfit",
@@ -26,6 +26,7 @@ app.command()(model_cmds.encodings)
 app.command()(kernel_cmds.kernel)
 app.command("spectral-bias")(kernel_cmds.spectral_bias)
 app.command()(fit_cmds.resume)
+app.command()(sweep_cmds.sweep)
 
 
 def _version(value: bool) -> None:

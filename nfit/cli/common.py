@@ -83,7 +83,7 @@ def handle_errors() -> Iterator[None]:
         stderr.print(f"nfit: {exc}", markup=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except NfitError as exc:
-        stderr.print(f"nfit: error: {exc}", markup=False, soft_wrap=True)
+        stderr.print(f"nfit: error: {exc}", markup=False, emoji=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("nfit: interrupted", markup=False)

@@ -64,7 +64,8 @@ def info(
 def encodings(json_out: Json = False, quiet: Quiet = False) -> None:
     """List the registered encodings, their parameters, and what --sigma means for each."""
     entries = [{"name": name, "summary": cls.summary, "sigma": cls.sigma_meaning,
-                "parameters": list(cls.params), "learned": cls.trainable}
+                "parameters": list(cls.params), "learned": cls.trainable,
+                "uses_sigma": cls.uses_sigma}
                for name, cls in sorted(ENCODINGS.items())]
     if json_out:
         emit({"encodings": entries}, True, quiet, [])
