@@ -150,8 +150,13 @@ def write_mesh(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
 
     mesh = trimesh.Trimesh(np.asarray(vertices), np.asarray(faces), process=False)
     file_type = Path(path).suffix.lower().lstrip(".")
-    data = mesh.export(file_type=file_type)
-    atomic_write_bytes(Path(path), data if isinstance(data, bytes) else data.encode("utf-8"))
+    # With no file object, trimesh returns the encoded mesh (bytes or str) in a buffer.
+    buffer = mesh.export(file_type=file_type)
+    if isinstance(buffer, str):
+        buffer = buffer.encode("utf-8")
+    if not isinstance(buffer, bytes):
+        raise DataError(f"{path}: trimesh could not encode a {file_type} file")
+    atomic_write_bytes(Path(path), buffer)
 
 
 __all__ = ["MESH_EXTENSIONS", "MESH_WRITE_EXTENSIONS", "PADDING", "Mesh", "Normalisation",
