@@ -35,6 +35,11 @@ from nfit.metrics import psnr_from_mse
 #: Cached features above this many bytes are not cached; the encoding then runs per step.
 FEATURE_CACHE_BYTES = 4 << 30
 EVAL_CHUNK = 1 << 16
+#: On the CPU a step's points go through the network in slices of this many rows, their
+#: gradients accumulated: the activations then stay small enough for the allocator to reuse
+#: them, where 65,536-row activations are fresh mappings every step (page faults cost more
+#: than the matmuls at that size). The gradient is the full batch's either way.
+CPU_STEP_CHUNK = 8192
 #: Points of a PointSource scored at each evaluation during training (a fixed subset).
 EVAL_SUBSET = 1 << 16
 
@@ -199,8 +204,9 @@ def make_optimizer(fld: Field, cfg: FitConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, lr=cfg.lr, foreach=True)
 
 
-def predict(fld: Field, x: torch.Tensor, *, chunk: int = EVAL_CHUNK) -> torch.Tensor:
+def predict(fld: Field, x: torch.Tensor, *, chunk: int | None = None) -> torch.Tensor:
     """fp32 predictions of the field at x: (N, d), in chunks; returns (N, C) on x's device."""
+    chunk = chunk or (CPU_STEP_CHUNK if x.device.type == "cpu" else EVAL_CHUNK)
     with torch.no_grad():
         return torch.cat([fld(x[i:i + chunk]).float() for i in range(0, len(x), chunk)])
 
@@ -247,6 +253,7 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
     n_train = len(train_x)
     batch = cfg.batch if 0 < cfg.batch < n_train else 0
     check_every = 1 if device.type == "cpu" else 10
+    chunk = CPU_STEP_CHUNK if device.type == "cpu" else EVAL_CHUNK
     recent = torch.zeros((), device=device)
 
     def evaluate(step: int, train_loss: float) -> dict[str, float]:
@@ -255,8 +262,8 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
             row["train_psnr"] = psnr_from_mse(train_loss)
         with torch.no_grad(), autocast(device, precision):
             for name, (x, y) in eval_in.items():
-                pred = torch.cat([inputs.forward(x[i:i + EVAL_CHUNK]).float()
-                                  for i in range(0, len(x), EVAL_CHUNK)])
+                pred = torch.cat([inputs.forward(x[i:i + chunk]).float()
+                                  for i in range(0, len(x), chunk)])
                 row[f"{name}_loss"], row[f"{name}_{problem.metric_name}"] = score(problem.loss, pred, y)
         return row
 
@@ -283,13 +290,17 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
             xin, yt = train_in[idx], train_y[idx]
         else:
             xin, yt = train_in, train_y
-        with autocast(device, precision):
-            pred = inputs.forward(xin)
-        loss = loss_fn(problem.loss, pred, yt)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        recent = torch.zeros((), device=device)
+        n_step = len(yt)
+        for i in range(0, n_step, chunk):
+            with autocast(device, precision):
+                pred = inputs.forward(xin[i:i + chunk])
+            # Each slice's mean weighted by its share: the sum is the step's mean loss.
+            loss = loss_fn(problem.loss, pred, yt[i:i + chunk]) * (min(chunk, n_step - i) / n_step)
+            loss.backward()
+            recent = recent + loss.detach()
         optimizer.step()
-        recent = loss.detach()
         if step % check_every == 0 and not torch.isfinite(recent):
             _diverged(step, cfg, precision)
         if step % cfg.eval_every == 0 or step == cfg.steps:
