@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -74,7 +74,7 @@ class Problem:
 
     train_x: torch.Tensor
     train_y: torch.Tensor
-    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor] | PointSource] = field(
+    eval_sets: Mapping[str, tuple[torch.Tensor, torch.Tensor] | PointSource] = field(
         default_factory=dict)
     loss: str = "mse"
     sampler: Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -79,7 +80,7 @@ class Normalisation:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> Normalisation:
-        c = [float(x) for x in data["center"]]  # type: ignore[union-attr]
+        c = [float(x) for x in cast("list[float]", data["center"])]
         return cls((c[0], c[1], c[2]), float(data["scale"]))  # type: ignore[arg-type]
 
 

@@ -187,8 +187,8 @@ def predicted_inside(values: np.ndarray, target: str) -> np.ndarray:
 
 
 class SdfKind:
-    name = "sdf"
-    extensions = MESH_EXTENSIONS
+    name: str = "sdf"
+    extensions: tuple[str, ...] = MESH_EXTENSIONS
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         opts = mesh_options(cfg)
