@@ -179,3 +179,62 @@ def test_sweep_siren_members_train_sequentially(tiny_rgb: Path, tmp_path: Path) 
     assert [g["mode"] for g in report["groups"]] == ["sequential", "sequential"]
     assert report["chosen_config"]["model"] == "siren"
     assert (out / "model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def _kernel(kind: str, path: Path, out: Path, steps: int = 30, **cfg: object) -> dict:
+    from nfit.analysis.run import kernel_file
+    from nfit.analysis.study import KernelOptions
+
+    config = FitConfig(**{"device": "cpu", "features": 16, "width": 64, "depth": 3, **cfg})
+    opts = KernelOptions(points=48, test_points=32, steps=steps, eval_every=10,
+                         row_resolution=12)
+    return kernel_file(kind, path, [config], opts, out)
+
+
+@pytest.mark.parametrize("kind", ["volume", "sdf"])
+def test_kernel_on_3d_kinds(tmp_path: Path, kind: str) -> None:
+    src = _volume(tmp_path / "v.npy") if kind == "volume" else _ball(tmp_path / "b.obj")
+    extra = {} if kind == "volume" else {"extra": dict(MESH_EXTRA)}
+    report = _kernel(kind, src, tmp_path / "k", sigma=1.0, **extra)
+    study = report["encodings"]["gauss"]
+    assert report["points"] == 48  # distinct points, drawn from the volume's sampler too
+    assert study["eigenvalue_min"] > -1e-6 * study["eigenvalue_max"]  # PSD
+    curve = study["curve"]
+    assert curve[-1]["train_psnr"] > curve[0]["train_psnr"]  # gradient descent trained
+    # the prediction starts where the network starts (same points, same targets, same f0)
+    assert curve[0]["pred_test_psnr"] == pytest.approx(curve[0]["test_psnr"], rel=1e-6)
+    assert study["kernel_drift"] > 0.0
+    for name in ("spectrum.csv", "spectrum.png", "kernel_row.png", "prediction.png"):
+        assert (tmp_path / "k" / name).is_file()
+
+
+GRID = {"levels": 3, "features_per_level": 3, "finest_resolution": 32, "log2_table": 8}
+
+
+@pytest.mark.parametrize("encoding", ["densegrid", "hashgrid"])
+def test_plain_grid_tangent_kernel_is_constant(tiny_rgb: Path, tmp_path: Path,
+                                               encoding: str) -> None:
+    """Theorem 2 of Zhao et al. 2024: a grid read linearly keeps its GTK in training; then the
+    kernel prediction of gradient descent is exact (3 features per level: the RGB outputs'
+    kernels are equal, so the output-averaged kernel is each one's)."""
+    report = _kernel("image", tiny_rgb, tmp_path / "k", encoding=encoding, model="sum",
+                     extra=dict(GRID))
+    study = report["encodings"][encoding]
+    curve = study["curve"]
+    assert curve[-1]["train_psnr"] > curve[0]["train_psnr"] + 20  # real training steps
+    assert study["kernel_drift"] < 1e-6
+    assert study["predicted"]["test_psnr"] == pytest.approx(study["measured"]["test_psnr"],
+                                                            abs=1e-4)
+    # the same grid read by an MLP is not linear in the table: its GTK moves
+    moved = _kernel("image", tiny_rgb, tmp_path / "m", encoding=encoding, extra=dict(GRID))
+    assert moved["encodings"][encoding]["kernel_drift"] > 1e-3
+
+
+def test_sum_model_needs_a_learned_encoding(tiny_rgb: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["image", str(tiny_rgb), "--model", "sum", "--encoding",
+                                      "gauss", "--steps", "1", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "nothing to train" in result.output and not (tmp_path / "o").exists()
