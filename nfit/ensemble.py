@@ -18,13 +18,20 @@ weights ``nfit.api.build_task_field`` draws for its seed, so the ensemble reprod
 Members that use different random seeds also draw their own minibatch indices (or
 sampler points) from their own generator, exactly as a single fit would; members that
 share a seed share them.
+
+Held-out sets too large to hold (``PointSource``, e.g. a volume's voxels) are scored as
+``nfit.fit.fit`` scores them: on a fixed random subset during training (drawn once with
+the base seed, so shared by all members; a single fit draws it with its own seed) and in
+full, chunk by chunk, at the end, with per-member sums in float64 (``MemberScores``).
+``select="iou"`` adds the intersection over union of the inside/outside sign (meshes)
+to every set's metrics.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +43,7 @@ from nfit.config import FitConfig
 from nfit.device import autocast, configure_matmul
 from nfit.errors import UsageError
 from nfit.field import Field
-from nfit.fit import EVAL_CHUNK, Problem
+from nfit.fit import EVAL_CHUNK, EVAL_SUBSET, PointSource, Problem
 from nfit.metrics import psnr_from_mse
 from nfit.networks import MLP
 
@@ -137,6 +144,85 @@ def member_scores(kind: str, pred: torch.Tensor,
     return loss.tolist(), acc.tolist()
 
 
+def inside_of(loss: str, values: torch.Tensor) -> torch.Tensor:
+    """Where a mesh field (or its target) says "inside": a signed distance (MSE) below 0,
+    an occupancy logit (BCE; targets 0/1) above 0, as ``nfit.signals.mesh.predicted_inside``."""
+    return values < 0 if loss == "mse" else values > 0
+
+
+class MemberScores:
+    """Per-member loss and metric over chunks: running float64 sums, divided at the end.
+
+    ``add(pred, target)``: pred (K, n, C), target (n, C) shared or (K, n, C). ``result()``
+    gives K dicts with "loss", the problem's metric ("psnr" or "accuracy") and, with
+    ``iou=True``, "iou" of the first output's inside/outside sign (``inside_of``), the same
+    number ``nfit.geometry.iou`` gives on the concatenated points.
+    """
+
+    def __init__(self, k: int, loss: str, *, iou: bool = False) -> None:
+        self.k, self.loss, self.with_iou = k, loss, iou
+        self.total = torch.zeros(k, dtype=torch.float64)
+        self.hits = torch.zeros(k, dtype=torch.float64)
+        self.inter = torch.zeros(k, dtype=torch.float64)
+        self.union = torch.zeros(k, dtype=torch.float64)
+        self.count = 0
+
+    def add(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        pred, target = pred.double(), target.double().expand_as(pred)
+        self.count += target[0].numel()
+        if self.loss == "mse":
+            self.total += ((pred - target) ** 2).sum(dim=(1, 2)).cpu()
+        else:
+            self.total += F.binary_cross_entropy_with_logits(
+                pred, target, reduction="none").sum(dim=(1, 2)).cpu()
+            self.hits += ((pred > 0).double() == target).double().sum(dim=(1, 2)).cpu()
+        if self.with_iou:
+            p, t = inside_of(self.loss, pred[..., 0]), inside_of(self.loss, target[..., 0])
+            self.inter += (p & t).double().sum(dim=1).cpu()
+            self.union += (p | t).double().sum(dim=1).cpu()
+
+    def result(self) -> list[dict[str, float]]:
+        n = self.count
+        out = []
+        for k in range(self.k):
+            loss = float(self.total[k]) / n if n else float("nan")
+            row = {"loss": loss}
+            if self.loss == "mse":
+                row["psnr"] = psnr_from_mse(loss)
+            else:
+                row["accuracy"] = float(self.hits[k]) / n if n else float("nan")
+            if self.with_iou:
+                # the sums are those nfit.geometry.iou forms; empty on both sides is 1
+                row["iou"] = float(self.inter[k] / self.union[k]) if self.union[k] > 0 else 1.0
+            out.append(row)
+        return out
+
+
+HeldOut = tuple[torch.Tensor, torch.Tensor] | PointSource
+
+
+def score_sets(predict: Callable[[torch.Tensor], torch.Tensor], k: int,
+               sets: dict[str, HeldOut], loss: str, *, chunk: int, device: torch.device,
+               select: str | None = None) -> list[dict[str, float]]:
+    """Score K members' predictions on every set, chunk by chunk.
+
+    predict: x (n, d) on ``device`` -> (K, n, C) fp32. sets: name -> (x, y) or a
+    PointSource (enumerated in full). Returns K dicts "<set>_loss", "<set>_<metric>"
+    (and "<set>_iou" with ``select="iou"``).
+    """
+    rows: list[dict[str, float]] = [{} for _ in range(k)]
+    for name, held in sets.items():
+        acc = MemberScores(k, loss, iou=select == "iou")
+        pairs = held.chunks(chunk) if isinstance(held, PointSource) else (
+            (held[0][i:i + chunk], held[1][i:i + chunk]) for i in range(0, len(held[0]), chunk))
+        with torch.no_grad():
+            for x, y in pairs:
+                acc.add(predict(x.to(device)), y.to(device))
+        for row, scored in zip(rows, acc.result(), strict=True):
+            row.update({f"{name}_{key}": value for key, value in scored.items()})
+    return rows
+
+
 def _predict(net: StackedMLP, fields: Sequence[Field], x: torch.Tensor, dtype: torch.dtype,
              chunk: int) -> torch.Tensor:
     """(K, N, C) fp32 predictions at shared x: (N, d), features computed chunk by chunk."""
@@ -147,13 +233,15 @@ def _predict(net: StackedMLP, fields: Sequence[Field], x: torch.Tensor, dtype: t
 
 def train_ensemble(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *,
                    seeds: Sequence[int], device: torch.device, precision: str,
-                   on_step: Callable[[int], None] | None = None) -> EnsembleResult:
+                   on_step: Callable[[int], None] | None = None,
+                   select: str | None = None) -> EnsembleResult:
     """Train K fields of one network shape at once; their trained weights are written back.
 
     fields: K fields built as single fits build them (weights drawn from ``seeds[k]``);
     their encodings must be fixed (no learned parameters). ``cfg`` supplies the shared
     steps, lr, batch and eval_every. A member whose loss becomes NaN or infinite does not
-    stop the others: it is marked ``diverged`` and its metrics are NaN.
+    stop the others: it is marked ``diverged`` and its metrics are NaN. ``select="iou"``
+    adds every set's IoU to the history rows and metrics (see ``MemberScores``).
     """
     if len(fields) != len(seeds) or not fields:
         raise ValueError("one seed per field, at least one field")
@@ -179,13 +267,18 @@ def train_ensemble(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *,
     train_y = problem.train_y.to(device)
     sampler = problem.sampler
     train_in = encode_members(fields, train_x, compute_dtype) if sampler is None else None
-    eval_sets = {name: (x.to(device), y.to(device)) for name, (x, y) in problem.eval_sets.items()}
+    # A PointSource is scored on a fixed subset during training and in full at the end.
+    subset_generator = torch.Generator().manual_seed(int(cfg.seed))
+    eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, held in problem.eval_sets.items():
+        x, y = held.sample(min(EVAL_SUBSET, len(held)), subset_generator) \
+            if isinstance(held, PointSource) else held
+        eval_sets[name] = (x.to(device), y.to(device))
 
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, foreach=True)
     histories: list[list[dict[str, float]]] = [[] for _ in range(k)]
     n_train = len(train_x)
     batch = cfg.batch if 0 < cfg.batch < n_train else 0
-    metric = problem.metric_name
     last = torch.zeros(k, device=device)
 
     def evaluate(step: int, elapsed: float, losses: list[float]) -> None:
@@ -194,11 +287,10 @@ def train_ensemble(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *,
             for row in rows:
                 row["train_psnr"] = psnr_from_mse(row["train_loss"])
         with autocast(device, precision):
-            for name, (x, y) in eval_sets.items():
-                pred = _predict(net, fields, x, compute_dtype, chunk)
-                losses_e, metrics_e = member_scores(problem.loss, pred, y)
-                for row, lv, mv in zip(rows, losses_e, metrics_e, strict=False):
-                    row[f"{name}_loss"], row[f"{name}_{metric}"] = lv, mv
+            scored = score_sets(lambda x: _predict(net, fields, x, compute_dtype, chunk), k,
+                                dict(eval_sets), problem.loss, chunk=chunk, device=device, select=select)
+        for row, extra in zip(rows, scored, strict=True):
+            row.update(extra)
         for row, hist in zip(rows, histories, strict=False):
             row["time"] = elapsed
             hist.append(row)
@@ -241,19 +333,26 @@ def train_ensemble(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *,
     for f in fields:
         f.eval()
 
-    # Final metrics in fp32 without autocast, as ``nfit.fit.fit`` reports them.
-    sets = {"train": (train_x, train_y)} if sampler is None else {}
-    sets.update(eval_sets)
-    metrics: list[dict[str, float]] = [{} for _ in range(k)]
-    for name, (x, y) in sets.items():
-        pred = _predict(net, fields, x, torch.float32, chunk)
-        losses_f, metrics_f = member_scores(problem.loss, pred, y)
-        for m, lv, mv in zip(metrics, losses_f, metrics_f, strict=False):
-            m[f"{name}_loss"], m[f"{name}_{metric}"] = lv, mv
+    # Final metrics in fp32 without autocast, as ``nfit.fit.fit`` reports them; a sampled
+    # problem's fixed pool (meshes) is scored as "train" too, an empty one (volumes) is not.
+    metrics = score_sets(lambda x: _predict(net, fields, x, torch.float32, chunk), k,
+                         final_sets(problem, train_x, train_y), problem.loss, chunk=chunk,
+                         device=device, select=select)
     final = last.tolist()
     results = [MemberResult(h, m, diverged=not math.isfinite(v))
                for h, m, v in zip(histories, metrics, final, strict=True)]
     return EnsembleResult(results, cfg.steps, wall, str(device), precision)
+
+
+def final_sets(problem: Problem, train_x: torch.Tensor | None = None,
+               train_y: torch.Tensor | None = None) -> dict[str, HeldOut]:
+    """The sets a trained member is scored on: "train" (when there are fixed training
+    points) and every held-out set, PointSources left to be enumerated in chunks."""
+    x = problem.train_x if train_x is None else train_x
+    y = problem.train_y if train_y is None else train_y
+    sets: dict[str, HeldOut] = {"train": (x, y)} if len(x) else {}
+    sets.update(problem.eval_sets)
+    return sets
 
 
 # ----------------------------------------------------------------------------- memory
@@ -292,11 +391,11 @@ def member_bytes(*, n_train: int, n_step: int, feature_dim: int, width: int, dep
     return int(cache + act + evaluation + 20 * params)
 
 
-def plan_groups(shapes: Sequence[int], per_member: Sequence[int], budget: int) -> list[list[int]]:
+def plan_groups(shapes: Sequence[Hashable], per_member: Sequence[int], budget: int) -> list[list[int]]:
     """Split members into as few ensembles as memory allows.
 
-    shapes[k]: member k's feature dimension (members of different shapes never share an
-    ensemble); per_member[k]: its estimated bytes; budget: bytes available. Returns lists
+    shapes[k]: member k's shape key, e.g. its feature dimension (members of different
+    shapes never share an ensemble); per_member[k]: its estimated bytes; budget: bytes available. Returns lists
     of member indices; each shape's members are spread evenly over ceil(n / cap) groups.
     Raises UsageError when a single member does not fit.
     """

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from nfit.encodings import Encoding, build_encoding
+from nfit.errors import UsageError
 from nfit.networks import build_network
 
 
@@ -51,4 +52,9 @@ def build_field(spec: dict[str, Any]) -> Field:
     network = build_network(spec.get("network", {"type": "mlp"}), encoding.out_dim, out_dim)
     full = {"in_dim": in_dim, "out_dim": out_dim, "encoding": encoding.spec(),
             "network": network.spec()}  # type: ignore[operator]
-    return Field(encoding, network, full)
+    fld = Field(encoding, network, full)
+    if not any(p.requires_grad for p in fld.parameters()):
+        raise UsageError(f"model {spec.get('network', {}).get('type', 'mlp')!r} with encoding "
+                         f"{encoding.name!r} has nothing to train; use a learned encoding "
+                         "(hashgrid, densegrid, mulfagrid)")
+    return fld

@@ -249,7 +249,9 @@ class MultiResolutionGrid(Encoding):
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         x = self.normalise(coords)
-        if x.requires_grad:
+        if x.requires_grad or _functorch_active():
+            # torch.func transforms (the tangent kernel's dense Jacobian) cannot see through
+            # the custom autograd function; the plain path is the same function of the table
             index, weight, _ = self.cell_geometry(x)
             return self.blend(index, weight)
         return _GridLookup.apply(x, self.table, self)
@@ -263,6 +265,12 @@ class MultiResolutionGrid(Encoding):
                 "features_per_level": self.features_per_level, "log2_table": self.log2_table,
                 "base_resolution": self.base_resolution,
                 "finest_resolution": self.finest_resolution, "bounds": list(self.bounds)}
+
+
+def _functorch_active() -> bool:
+    """Whether a torch.func transform (jacrev, vmap, ...) is running around this call."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active()) if active is not None else False
 
 
 class _GridLookup(torch.autograd.Function):

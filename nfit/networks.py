@@ -118,6 +118,47 @@ class Siren(nn.Module):
                 "output": self.output, "omega0": self.omega0}
 
 
+@register("sum")
+class SumReadout(nn.Module):
+    """The plain interpolated grid: the encoding's features summed into the outputs.
+
+    Output c is the sum of the features j with j mod C = c, f_c(x) = sum_{j = c mod C}
+    gamma_j(x), a fixed 0/1 readout R (in_dim, C) stored as a buffer: no parameters, no
+    output activation, whatever ``output`` asks (a sigmoid would make f non-linear in the
+    grid). After a grid encoding, f is linear in the grid's table, so its tangent kernel
+    (the GTK, Zhao et al. 2024) does not change in training (their Theorem 2); ``nfit
+    kernel --model sum`` shows it. It needs a learned encoding (it has nothing to train
+    otherwise): ``--model sum`` implies ``--encoding densegrid``.
+
+    features: (N, in_dim)  ->  (N, out_dim)
+    """
+
+    name: ClassVar[str] = "sum"
+    readout: torch.Tensor
+    params: ClassVar[tuple[str, ...]] = ()
+    defaults: ClassVar[dict[str, Any]] = {"encoding": "densegrid"}
+
+    def __init__(self, in_dim: int, out_dim: int, width: int = 0, depth: int = 0,
+                 output: str = "identity") -> None:
+        super().__init__()
+        if in_dim < out_dim:
+            raise UsageError(f"model 'sum' needs at least one feature per output: the encoding "
+                             f"gives {in_dim} features for {out_dim} outputs")
+        self.in_dim, self.out_dim = in_dim, out_dim
+        # width/depth/output are accepted so every network takes the same spec; unused
+        self.width, self.depth, self.output = width, depth, "identity"
+        readout = torch.zeros(in_dim, out_dim)
+        readout[torch.arange(in_dim), torch.arange(in_dim) % out_dim] = 1.0
+        self.register_buffer("readout", readout, persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features @ self.readout.to(features.dtype)
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.name, "width": self.width, "depth": self.depth,
+                "output": self.output}
+
+
 def build_network(spec: dict[str, Any], in_dim: int, out_dim: int) -> nn.Module:
     spec = dict(spec)
     name = spec.pop("type", "mlp")

@@ -34,7 +34,7 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -47,11 +47,19 @@ from nfit.api import build_task_field, write_results
 from nfit.config import FitConfig
 from nfit.device import resolve_device, resolve_precision
 from nfit.encodings import ENCODINGS, build_encoding, encoding_names
-from nfit.ensemble import available_memory, member_bytes, plan_groups, train_ensemble
+from nfit.ensemble import (
+    available_memory,
+    final_sets,
+    member_bytes,
+    plan_groups,
+    score_sets,
+    train_ensemble,
+)
 from nfit.errors import DivergenceError, UsageError
 from nfit.field import Field
-from nfit.fit import FitResult
+from nfit.fit import EVAL_CHUNK, FitResult, fit, predict
 from nfit.io import atomic_write_bytes, atomic_write_json
+from nfit.networks import MLP
 from nfit.signals import Task
 
 AUTO_COARSE = tuple(4.0 ** j for j in range(-2, 3))
@@ -122,9 +130,6 @@ def parse_encodings(text: str) -> list[str]:
         if name not in ENCODINGS:
             raise UsageError(f"unknown encoding {name!r}; "
                              f"choose from: {', '.join(encoding_names())}")
-        if ENCODINGS[name].trainable:
-            raise UsageError(f"encoding {name!r} has learned parameters; sweeps train fixed "
-                             "encodings only")
     return list(dict.fromkeys(names))
 
 
@@ -168,6 +173,11 @@ class SweepResult:
     precision: str
     wall_time: float
     auto: dict[str, Any] | None = None
+    bases: dict[str, FitConfig] = dataclass_field(default_factory=dict)
+
+    def best_fit_config(self, base: FitConfig) -> FitConfig:
+        """The chosen member's own FitConfig (its encoding's settings, its sigma and seed)."""
+        return self.best.config(self.bases.get(self.best.encoding, base))
 
     def best_fit_result(self) -> FitResult:
         b = self.best
@@ -180,9 +190,14 @@ class SweepResult:
 def nyquist_sigma(task: Task) -> tuple[float, str]:
     """The starting sigma for ``auto`` from the training points' sampling rate (see module doc)."""
     x = task.problem.train_x
+    n = len(x)
+    if n == 0 and task.problem.sampler is not None and task.meta.get("train_points"):
+        # a sampled grid (volumes): its extent from a batch, its count from the signal
+        x = task.problem.sampler(0, torch.Generator().manual_seed(0))[0]
+        n = int(task.meta["train_points"])
     if x.ndim != 2 or len(x) < 4:
         return 10.0, "no training grid to measure; starting at sigma 10"
-    n, d = x.shape
+    d = x.shape[1]
     extent = float((x.max(dim=0).values - x.min(dim=0).values).clamp(min=1e-12).mean())
     per_axis = n ** (1.0 / d)
     rate = max(per_axis - 1.0, 1.0) / extent
@@ -192,50 +207,127 @@ def nyquist_sigma(task: Task) -> tuple[float, str]:
                             f"start sigma = Nyquist / 10 = {nyquist / 10:.4g}")
 
 
-def _check_member_config(task: Task, base: FitConfig, members: Sequence[Member]) -> None:
-    """Build each distinct encoding once, so a bad sigma fails before anything trains."""
+def _check_member_config(task: Task, bases: Mapping[str, FitConfig],
+                         members: Sequence[Member]) -> None:
+    """Build each distinct fixed encoding once, so a bad sigma fails before anything trains
+    (learned encodings take no sigma; their settings are checked when their fields are built,
+    before the first group trains)."""
     for enc, sigma in dict.fromkeys(m.key for m in members):
+        if ENCODINGS[enc].trainable:
+            continue
+        base = bases[enc]
         build_encoding({"type": enc, "sigma": sigma if sigma is not None else base.sigma,
                         "features": base.features, "seed": base.seed}, task.in_dim)
 
 
-def train_members(task: Task, base: FitConfig, members: Sequence[Member], *,
-                  device: torch.device, precision: str, memory: int | None = None,
-                  on_group: OnGroup | None = None, first_group: int = 0) -> list[dict[str, Any]]:
+def ensemble_ready(fld: Field) -> bool:
+    """Whether a member can share stacked weights: a fixed encoding read by nfit's MLP."""
+    return isinstance(fld.network, MLP) and not any(
+        p.requires_grad for p in fld.encoding.parameters())
+
+
+def _group_key(fld: Field, cfg: FitConfig) -> tuple[Any, ...]:
+    """Members share an ensemble only with the same feature count, network and schedule."""
+    return (fld.encoding.out_dim, cfg.width, cfg.depth, cfg.steps, cfg.lr, cfg.batch,
+            cfg.eval_every)
+
+
+def train_members(task: Task, base: FitConfig | Mapping[str, FitConfig],
+                  members: Sequence[Member], *, device: torch.device, precision: str,
+                  memory: int | None = None, on_group: OnGroup | None = None,
+                  first_group: int = 0,
+                  on_note: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Train ``members`` in as few batched ensembles as memory allows; fill in their results.
 
-    memory: bytes the ensembles may use (default: a fraction of what is free now).
+    base: the shared settings, or one FitConfig per encoding name. memory: bytes the
+    ensembles may use (default: a fraction of what is free now). Members whose field
+    cannot share stacked weights (a learned encoding: hashgrid, densegrid, mulfagrid; a
+    network other than the MLP: siren) are trained one after another by the single-fit
+    loop ``nfit.fit.fit``, each as a group of its own marked ``"mode": "sequential"``.
     Returns one description per group (members, feature dimension, estimated bytes).
     """
     problem = task.problem
-    fields = [build_task_field(task, m.config(base)) for m in members]
-    shapes = [f.encoding.out_dim for f in fields]
-    n_train = len(problem.train_x)
-    n_step = base.batch if 0 < base.batch < n_train else n_train
-    if problem.sampler is not None:
-        n_step = len(problem.sampler(0, torch.Generator().manual_seed(0))[0])
-    per = [member_bytes(n_train=n_train, n_step=n_step, feature_dim=s, width=base.width,
-                        depth=base.depth, out_dim=task.out_dim, precision=precision,
-                        cached=problem.sampler is None) for s in shapes]
-    budget = memory if memory is not None else int(available_memory(device) * MEMORY_FRACTION)
-    groups = plan_groups(shapes, per, budget)
+    bases = {m.encoding: base if isinstance(base, FitConfig) else base[m.encoding]
+             for m in members}
+    cfgs = [m.config(bases[m.encoding]) for m in members]
+    fields = [build_task_field(task, c) for c in cfgs]
+    batched = [i for i, f in enumerate(fields) if ensemble_ready(f)]
+    single = [i for i, f in enumerate(fields) if not ensemble_ready(f)]
     described: list[dict[str, Any]] = []
-    for g, idx in enumerate(groups, start=first_group):
-        plural = "s" * (len(idx) != 1)
-        label = f"group {g + 1}: {len(idx)} member{plural}, {shapes[idx[0]]} features"
-        on_step = on_group(label, base.steps) if on_group else None
-        result = train_ensemble([fields[i] for i in idx], problem, base,
-                                seeds=[members[i].seed for i in idx], device=device,
-                                precision=precision, on_step=on_step)
-        for i, r in zip(idx, result.members, strict=False):
-            m = members[i]
-            m.group, m.field, m.history, m.metrics = g, fields[i], r.history, r.metrics
-            m.diverged, m.wall_time = r.diverged, result.wall_time
-        described.append({"group": g, "members": len(idx), "feature_dim": shapes[idx[0]],
-                          "estimated_bytes": sum(per[i] for i in idx), "budget_bytes": budget,
-                          "wall_time_s": result.wall_time,
-                          "member_steps_per_s": len(idx) * base.steps / result.wall_time
-                          if result.wall_time > 0 else float("nan")})
+    g = first_group
+    select = task.selection_metric
+    if batched:
+        keys = [_group_key(fields[i], cfgs[i]) for i in batched]
+        n_train = len(problem.train_x)
+        per = []
+        for i in batched:
+            c = cfgs[i]
+            n_step = c.batch if 0 < c.batch < n_train else n_train
+            if problem.sampler is not None:
+                n_step = len(problem.sampler(0, torch.Generator().manual_seed(0))[0])
+            per.append(member_bytes(n_train=n_train, n_step=n_step,
+                                    feature_dim=fields[i].encoding.out_dim, width=c.width,
+                                    depth=c.depth, out_dim=task.out_dim, precision=precision,
+                                    cached=problem.sampler is None))
+        budget = memory if memory is not None else int(available_memory(device) * MEMORY_FRACTION)
+        for local in plan_groups(keys, per, budget):
+            idx = [batched[j] for j in local]
+            shared = cfgs[idx[0]]
+            dim = fields[idx[0]].encoding.out_dim
+            plural = "s" * (len(idx) != 1)
+            label = f"group {g + 1}: {len(idx)} member{plural}, {dim} features"
+            on_step = on_group(label, shared.steps) if on_group else None
+            result = train_ensemble([fields[i] for i in idx], problem, shared,
+                                    seeds=[members[i].seed for i in idx], device=device,
+                                    precision=precision, on_step=on_step, select=select)
+            for i, r in zip(idx, result.members, strict=False):
+                m = members[i]
+                m.group, m.field, m.history, m.metrics = g, fields[i], r.history, r.metrics
+                m.diverged, m.wall_time = r.diverged, result.wall_time
+            described.append({"group": g, "mode": "ensemble", "members": len(idx),
+                              "feature_dim": dim,
+                              "estimated_bytes": sum(per[j] for j in local),
+                              "budget_bytes": budget, "wall_time_s": result.wall_time,
+                              "member_steps_per_s": len(idx) * shared.steps / result.wall_time
+                              if result.wall_time > 0 else float("nan")})
+            g += 1
+    reasons: dict[str, list[int]] = {}
+    for i in single:
+        f = fields[i]
+        why = (f"encoding {members[i].encoding!r} has learned parameters"
+               if any(p.requires_grad for p in f.encoding.parameters())
+               else f"model {type(f.network).name!r} is not the MLP")  # type: ignore[attr-defined]
+        reasons.setdefault(why, []).append(i)
+    if on_note:
+        for why, idx in reasons.items():
+            on_note(f"{why}: its {len(idx)} member(s) cannot share stacked weights and train "
+                    "one after another with the single-fit loop")
+    why_of = {i: why for why, idx in reasons.items() for i in idx}
+    for i in single:
+        m, c, f = members[i], cfgs[i], fields[i]
+        sigma = "" if m.sigma is None else f" sigma {m.sigma:g}"
+        label = f"group {g + 1}: {m.encoding}{sigma} seed {m.seed} (sequential)"
+        tick = on_group(label, c.steps) if on_group else None
+        hook = (lambda step, capture, tick=tick: tick(step)) if tick else None
+        m.group, m.field = g, f
+        try:
+            alone = fit(f, problem, c, device=device, precision=precision, on_step=hook)
+        except DivergenceError:
+            m.diverged, m.metrics = True, {}
+            wall = float("nan")
+        else:
+            def one(x: torch.Tensor, f: Field = f) -> torch.Tensor:
+                return predict(f, x)[None]
+
+            # the selection metric (IoU for meshes) and a pool's "train" score, as in ensembles
+            scored = score_sets(one, 1, final_sets(problem), problem.loss, chunk=EVAL_CHUNK,
+                                device=device, select=select)
+            m.history, m.metrics = alone.history, {**alone.metrics, **scored[0]}
+            m.wall_time = wall = alone.wall_time
+        described.append({"group": g, "mode": "sequential", "why": why_of[i], "members": 1,
+                          "feature_dim": f.encoding.out_dim, "wall_time_s": wall,
+                          "member_steps_per_s": c.steps / wall if wall > 0 else float("nan")})
+        g += 1
     return described
 
 
@@ -288,11 +380,16 @@ def plan_members(encodings: Sequence[str], sigmas: Sequence[float], seeds: Seque
 def run_sweep(task: Task, base: FitConfig, encodings: Sequence[str], sigma: SigmaSpec,
               seeds: int = 1, *, rounds: int = AUTO_ROUNDS, memory: int | None = None,
               on_group: OnGroup | None = None,
-              on_note: Callable[[str], None] | None = None) -> SweepResult:
+              on_note: Callable[[str], None] | None = None,
+              configs: Mapping[str, FitConfig] | None = None) -> SweepResult:
     """Train every (encoding, sigma, seed) member as batched ensembles and choose on ``val``.
 
     seeds: how many seeds per configuration (base.seed, base.seed + 1, ...).
     rounds: refinement rounds of ``auto`` after its coarse grid.
+    configs: optional settings per encoding (default ``base`` for all), e.g. a grid's own
+    small MLP and lr next to the Fourier-feature encodings' (the CLI passes what
+    ``nfit KIND --encoding E`` would use). Members with a learned encoding or a non-MLP
+    network train one after another with the single-fit loop (see ``train_members``).
     Raises UsageError before training for bad options, DivergenceError if every member diverged.
     """
     problem = task.problem
@@ -307,9 +404,11 @@ def run_sweep(task: Task, base: FitConfig, encodings: Sequence[str], sigma: Sigm
         raise UsageError("empty --encoding list")
     device = resolve_device(base.device)
     precision = resolve_precision(base.precision, device)
-    metric = problem.metric_name
+    # PSNR or accuracy, or the kind's own choice (IoU for meshes)
+    metric = task.selection_metric or problem.metric_name
     seed_list = [base.seed + i for i in range(seeds)]
     notes: list[str] = []
+    bases = {e: (configs or {}).get(e, base) for e in encodings}
 
     def note(text: str) -> None:
         notes.append(text)
@@ -327,11 +426,11 @@ def run_sweep(task: Task, base: FitConfig, encodings: Sequence[str], sigma: Sigm
     members, plan_notes = plan_members(encodings, grid, seed_list)
     for text in plan_notes:
         note(text)
-    _check_member_config(task, base, members)
+    _check_member_config(task, bases, members)
 
     start_time = time.perf_counter()
-    groups = train_members(task, base, members, device=device, precision=precision,
-                           memory=memory, on_group=on_group)
+    groups = train_members(task, bases, members, device=device, precision=precision,
+                           memory=memory, on_group=on_group, on_note=note)
     if auto is not None:
         sigma_encodings = [e for e in encodings if ENCODINGS[e].uses_sigma]
         factor = {e: AUTO_START_FACTOR for e in sigma_encodings}
@@ -360,9 +459,10 @@ def run_sweep(task: Task, base: FitConfig, encodings: Sequence[str], sigma: Sigm
                 new += [Member(enc, p, seed, r) for p in proposals for seed in seed_list]
             if not new:
                 break
-            _check_member_config(task, base, new)
-            groups += train_members(task, base, new, device=device, precision=precision,
-                                    memory=memory, on_group=on_group, first_group=len(groups))
+            _check_member_config(task, bases, new)
+            groups += train_members(task, bases, new, device=device, precision=precision,
+                                    memory=memory, on_group=on_group, first_group=len(groups),
+                                    on_note=note)
             members += new
             new_sigmas = sorted({float(m.sigma or 0.0) for m in new})
             auto["rounds"].append({"round": r, "sigmas": new_sigmas, "factor": dict(factor)})
@@ -394,7 +494,7 @@ def run_sweep(task: Task, base: FitConfig, encodings: Sequence[str], sigma: Sigm
     for row in rows:
         row["best"] = row is best_row
     return SweepResult(members, rows, best_member, best_row, groups, notes, metric, str(device),
-                       precision, wall, auto)
+                       precision, wall, auto, bases)
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -479,6 +579,9 @@ def sweep_report(kind: str, task: Task, base: FitConfig, result: SweepResult) ->
         "configs": result.configs,
         "members": member_rows(result),
         "groups": result.groups,
+        "sequential_members": sum(g["members"] for g in result.groups
+                                  if g.get("mode") == "sequential"),
+        "chosen_config": result.best_fit_config(base).to_dict(),
         "notes": result.notes,
         "auto": result.auto,
         "steps": base.steps,
@@ -508,7 +611,7 @@ def write_sweep(kind: str, task: Task, base: FitConfig, result: SweepResult,
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / "sweep.csv", _csv(member_rows(result)).encode())
     plot_sweep(out_dir / "sweep.png", result, title=Path(str(task.meta.get("source", ""))).name)
-    best_report = write_results(kind, task, result.best.config(base), result.best_fit_result(),
+    best_report = write_results(kind, task, result.best_fit_config(base), result.best_fit_result(),
                                 out_dir)
     report = sweep_report(kind, task, base, result)
     report["files"] = sorted(set(best_report.get("files", [])) |

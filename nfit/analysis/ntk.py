@@ -37,7 +37,7 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev
+from torch.func import functional_call, jacrev, vmap
 
 Output = Literal["mean"] | int
 NtkFn = Callable[..., torch.Tensor]
@@ -145,11 +145,15 @@ def _dense_kernel(module: nn.Module, names: list[str], x1: torch.Tensor, x2: tor
     chunk = max(1, int(memory_bytes // max(1, 4 * n_params * out_dim)))
     index = torch.tensor(outputs, device=x1.device)
 
-    def jacobian(x: torch.Tensor) -> torch.Tensor:
-        def f(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(module, {**others, **p}, (x,))[:, index]
+    def one_point(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(module, {**others, **p}, (x[None],))[0, index]
 
-        jac = jacrev(f)(chosen)  # name -> (n, C, *shape)
+    def jacobian(x: torch.Tensor) -> torch.Tensor:
+        # Per-point Jacobians, vmapped over the points: memory O(n C (P + one point's
+        # activations)). jacrev of the whole chunk would instead back-propagate each of the
+        # n C outputs through all n points' activations, O(n^2), which a grid's per-corner
+        # lookups turn into hundreds of GB.
+        jac = vmap(jacrev(one_point), in_dims=(None, 0))(chosen, x)  # name -> (n, C, *shape)
         return torch.cat([j.reshape(len(x), out_dim, -1) for j in jac.values()], dim=2)
 
     kernel = torch.zeros(len(x1), len(x2), dtype=torch.float64, device=x1.device)

@@ -133,17 +133,53 @@ class EncodingStudy:
 
 def subsample(task: Any, points: int, test_points: int, seed: int) -> Subset:
     """A seeded random subset of the task's training points and of its "test" set
-    (the training set when the task has none)."""
+    (the training set when the task has none).
+
+    Signals that only sample their training points (volumes: ``train_x`` empty, a
+    ``sampler``) give ``points`` distinct points drawn from the sampler, and held-out sets
+    held as a ``PointSource`` give ``test_points`` of theirs (``sample``)."""
+    from nfit.fit import PointSource
+
     problem = task.problem
-    if problem.sampler is not None and len(problem.train_x) == 0:
-        raise UsageError("this signal resamples its training points each step; "
-                         "the kernel needs a fixed training set")
     generator = torch.Generator().manual_seed(int(seed))
     x, y = problem.train_x, problem.train_y
+    if len(x) == 0:
+        if problem.sampler is None:
+            raise UsageError("this signal has no training points to compute a kernel on")
+        x, y = _distinct_samples(problem.sampler, points, generator)
     idx = torch.randperm(len(x), generator=generator)[:points].sort().values
-    tx, ty = problem.eval_sets.get("test", (x, y))
+    held = problem.eval_sets.get("test", (x, y))
+    if isinstance(held, PointSource):
+        tx, ty = held.sample(min(test_points, len(held)), generator)
+        return Subset(x[idx].float(), y[idx].float(), tx.float(), ty.float())
+    tx, ty = held
     tidx = torch.randperm(len(tx), generator=generator)[:test_points].sort().values
     return Subset(x[idx].float(), y[idx].float(), tx[tidx].float(), ty[tidx].float())
+
+
+def _distinct_samples(sampler: Any, points: int, generator: torch.Generator,
+                      rounds: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``points`` distinct (x, y) from a training sampler (a repeated point would add
+    a duplicate row to the kernel, making it singular)."""
+    xs: list[torch.Tensor] = []
+    ys: list[torch.Tensor] = []
+    for step in range(rounds):
+        bx, by = sampler(step, generator)
+        xs.append(bx.cpu())
+        ys.append(by.cpu())
+        if len(_unique_rows(torch.cat(xs))[0]) >= points:
+            break
+    x_all, y_all = torch.cat(xs), torch.cat(ys)
+    _, first = _unique_rows(x_all)
+    return x_all[first], y_all[first]
+
+
+def _unique_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct rows of x and the index of each one's first occurrence, in order."""
+    rows, inverse = torch.unique(x, dim=0, return_inverse=True)
+    first = torch.full((len(rows),), len(x), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(x)), reduce="amin")
+    return rows, first.sort().values
 
 
 def _row_grid(train_x: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor,

@@ -27,7 +27,7 @@ Encoding = Annotated[str | None, typer.Option(
          "mulfagrid (see `nfit encodings`)")]
 Sigma = Annotated[float | None, typer.Option(help="bandwidth: scale of the encoding's frequencies (default 10)")]
 Features = Annotated[int | None, typer.Option(help="number of Fourier frequencies m (default 256)")]
-Model = Annotated[str | None, typer.Option(help="network: mlp or siren (default mlp; siren implies --encoding none)")]
+Model = Annotated[str | None, typer.Option(help="network: mlp, siren or sum (default mlp; siren implies --encoding none; sum: the grid's features summed, a plain interpolated grid, implies --encoding densegrid)")]
 Width = Annotated[int | None, typer.Option(help="hidden width (default 256; 64 after a grid encoding)")]
 Depth = Annotated[int | None, typer.Option(help="number of linear layers (default 4; 3 after a grid encoding, 5 for siren)")]
 Steps = Annotated[int | None, typer.Option(help="optimisation steps (default 2000)")]

@@ -9,18 +9,29 @@ from typing import Annotated, Any
 import typer
 
 from nfit.cli.common import (
+    BaseResolution,
     ConfigFile,
     Depth,
     Device,
     Features,
+    FeaturesPerLevel,
+    FinestResolution,
     Force,
+    Frequencies,
     Json,
+    KernelLayers,
+    KernelWidth,
+    Levels,
+    Log2Table,
+    Model,
+    Omega0,
     Out,
     Quiet,
     Seed,
     Sigma,
     Width,
     emit,
+    grid_flags,
     handle_errors,
     stderr,
 )
@@ -65,7 +76,11 @@ def kernel(
     ridge: Annotated[float, typer.Option(help="ridge of the generalization measure, relative to mean diag K")] = 1e-3,
     split: Annotated[str | None, typer.Option(help="the signal's split (default paper)")] = None,
     seed: Seed = None, device: Device = None, out: Out = None, config: ConfigFile = None,
-    json_out: Json = False, quiet: Quiet = False, force: Force = False,
+    json_out: Json = False, quiet: Quiet = False, force: Force = False, model: Model = None,
+    levels: Levels = None, log2_table: Log2Table = None, features_per_level: FeaturesPerLevel = None,
+    base_resolution: BaseResolution = None, finest_resolution: FinestResolution = None,
+    kernel_width: KernelWidth = None, kernel_layers: KernelLayers = None,
+    frequencies: Frequencies = None, omega0: Omega0 = None,
 ) -> None:
     """Tangent kernel (NTK; GTK for grid encodings) of a field on a signal: spectrum.csv/png,
     kernel_row.png, prediction.png (predicted vs measured gradient descent), report.json."""
@@ -75,10 +90,14 @@ def kernel(
 
     with handle_errors():
         signal_kind(kind)
-        flags: dict[str, Any] = dict(sigma=sigma, features=features, width=width, depth=depth,
-                                     seed=seed, device=device, split=split)
+        flags: dict[str, Any] = dict(
+            sigma=sigma, features=features, width=width, depth=depth, seed=seed, device=device,
+            split=split, model=model,
+            **grid_flags(levels, log2_table, features_per_level, base_resolution,
+                         finest_resolution, kernel_width, kernel_layers, frequencies, omega0))
         base = merge_config(load_yaml_config(config), flags)
-        names = _encoding_list(encoding or (base.encoding if config else None), compare)
+        # a config file or a model (--model sum implies densegrid) may choose the encoding
+        names = _encoding_list(encoding or (base.encoding if config or model else None), compare)
         cfgs = [dataclasses.replace(base, encoding=n).validate() for n in names]
         opts = KernelOptions(points=points, test_points=test_points, steps=steps, lr=_lr(lr),
                              eval_every=eval_every, ridge=ridge).validate()

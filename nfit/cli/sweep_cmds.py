@@ -15,15 +15,25 @@ from rich.table import Table
 
 from nfit.api import prepare_task
 from nfit.cli.common import (
+    BaseResolution,
     Batch,
     ConfigFile,
     Depth,
     Device,
     EvalEvery,
     Features,
+    FeaturesPerLevel,
+    FinestResolution,
     Force,
+    Frequencies,
     Json,
+    KernelLayers,
+    KernelWidth,
+    Levels,
+    Log2Table,
     Lr,
+    Model,
+    Omega0,
     Out,
     Precision,
     Quiet,
@@ -32,6 +42,7 @@ from nfit.cli.common import (
     Width,
     _json_safe,
     fmt,
+    grid_flags,
     handle_errors,
     stderr,
     stdout,
@@ -61,6 +72,13 @@ MemoryGiB = Annotated[float | None, typer.Option(
     "--memory", help="GiB the ensembles may use (default: 60% of free memory)")]
 SweepSplit = Annotated[str | None, typer.Option(
     "--split", help="paper (validation [::2,1::2]) or random[:F] (default paper)")]
+# Mesh options, as `nfit sdf` has them (other kinds ignore them).
+Target = Annotated[str | None, typer.Option(
+    help="sdf: sdf (signed distance) or occupancy (default sdf); both select on IoU")]
+Pool = Annotated[int | None, typer.Option(
+    help="sdf: labelled points drawn once (default 200000)")]
+Resolution = Annotated[int | None, typer.Option(
+    help="sdf: marching-cubes grid per axis of the chosen model's recon.ply (default 256)")]
 
 
 @contextlib.contextmanager
@@ -111,15 +129,20 @@ def results_table(result: SweepResult) -> Table:
 
 
 def sweep(
-    kind: Annotated[str, typer.Argument(help="signal kind: image (volume, sdf where installed)")],
+    kind: Annotated[str, typer.Argument(help="signal kind: image, volume or sdf")],
     path: Annotated[Path, typer.Argument(help="the signal file")],
     encoding: EncodingList = "gauss", sigma: SigmaList = "auto", seeds: Seeds = 1,
     rounds: Rounds = AUTO_ROUNDS, memory: MemoryGiB = None,
     features: Features = None, width: Width = None, depth: Depth = None, steps: Steps = None,
     lr: Lr = None, seed: Seed = None, device: Device = None, precision: Precision = None,
-    split: SweepSplit = None,
+    split: SweepSplit = None, model: Model = None,
     batch: Batch = None, eval_every: EvalEvery = None, out: Out = None, config: ConfigFile = None,
     json_out: Json = False, quiet: Quiet = False, force: Force = False,
+    target: Target = None, pool: Pool = None, resolution: Resolution = None,
+    levels: Levels = None, log2_table: Log2Table = None, features_per_level: FeaturesPerLevel = None,
+    base_resolution: BaseResolution = None, finest_resolution: FinestResolution = None,
+    kernel_width: KernelWidth = None, kernel_layers: KernelLayers = None,
+    frequencies: Frequencies = None, omega0: Omega0 = None,
 ) -> None:
     """Train every (encoding, sigma, seed) at once as a batched ensemble, choose on validation.
 
@@ -132,10 +155,19 @@ def sweep(
         sigma_spec = parse_sigmas(sigma)
         if memory is not None and not memory > 0:
             raise UsageError(f"--memory must be a positive number of GiB, got {memory}")
-        flags = dict(encoding=encodings[0], features=features, width=width, depth=depth,
+        flags = dict(features=features, width=width, depth=depth, model=model,
                      steps=steps, lr=lr, seed=seed, device=device, precision=precision,
-                     split=split, batch=batch, eval_every=eval_every)
-        cfg = merge_config(load_yaml_config(config), flags)
+                     split=split, batch=batch, eval_every=eval_every, target=target,
+                     pool=pool, resolution=resolution,
+                     **grid_flags(levels, log2_table, features_per_level, base_resolution,
+                                  finest_resolution, kernel_width, kernel_layers, frequencies,
+                                  omega0))
+        file_values = load_yaml_config(config)
+        # Each encoding's members get the settings `nfit KIND --encoding E` would give them
+        # under the same flags (a grid's small MLP and lr), so one shared base is not forced
+        # on encodings whose defaults differ.
+        per_encoding = {e: merge_config(file_values, {**flags, "encoding": e}) for e in encodings}
+        cfg = per_encoding[encodings[0]]
         out_dir = resolve_out_dir(out, Path("runs") / f"{Path(path).stem}-sweep", force)
         task = prepare_task(kind, path, cfg)
 
@@ -145,7 +177,7 @@ def sweep(
         with group_progress(quiet or json_out) as on_group:
             result = run_sweep(task, cfg, encodings, sigma_spec, seeds, rounds=rounds,
                                memory=int(memory * 2**30) if memory is not None else None,
-                               on_group=on_group, on_note=note)
+                               on_group=on_group, on_note=note, configs=per_encoding)
         report = write_sweep(kind, task, cfg, result, out_dir)
         if json_out:
             sys.stdout.write(json.dumps(_json_safe(report), indent=2) + "\n")
@@ -160,6 +192,8 @@ def sweep(
                      f"val {metric} {fmt(chosen[f'val_{metric}'])}  "
                      f"test {metric} {fmt(chosen[f'test_{metric}'])} "
                      "(reported, not used to choose)", soft_wrap=True)
-        groups = ", ".join(f"{g['members']}x{g['feature_dim']}f" for g in result.groups)
+        groups = ", ".join(f"{g['members']}x{g['feature_dim']}f" +
+                           (" sequential" if g.get("mode") == "sequential" else "")
+                           for g in result.groups)
         stdout.print(f"groups: {len(result.groups)} ({groups}); wall {result.wall_time:.3g} s on "
                      f"{result.device} ({result.precision}); output {out_dir}", soft_wrap=True)

@@ -18,6 +18,8 @@ class Task:
     meta: JSON-able description stored in the checkpoint (kind, shapes, channels, value
     range, transforms), enough for ``nfit render`` to write a reconstruction alone.
     output: the network's output activation ("sigmoid" for values in [0, 1]).
+    selection_metric: the held-out metric ``nfit sweep`` chooses on when it is not the
+    problem's own (``Problem.metric_name``): "iou" for meshes (inside/outside agreement).
     """
 
     kind: str
@@ -26,6 +28,7 @@ class Task:
     problem: Problem
     meta: dict[str, Any]
     output: str = "sigmoid"
+    selection_metric: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
 
 

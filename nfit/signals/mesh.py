@@ -214,7 +214,8 @@ class SdfKind:
                 "diagonal": mesh.diagonal, "resolution": opts["resolution"], "clamp": clamp,
                 "pool": opts["pool"], "batch": opts["batch"], "mix": opts["mix"],
                 "jitter": opts["jitter"], "domain": [-1.0, 1.0]}  # per axis: [-1, 1]^3
-        return Task(self.name, 3, 1, problem, meta, output="identity",
+        # sweeps choose on the IoU of the sign on the held-out points, for both targets
+        return Task(self.name, 3, 1, problem, meta, output="identity", selection_metric="iou",
                     context={"mesh": mesh, "vertices": vertices, "options": opts,
                              "seed": int(cfg.seed)})
 
