@@ -13,6 +13,7 @@ Gaussian Fourier-feature MLP (256x3) on the same points.
     python bench/bench_grids.py            # 4 images, 2000 steps (hours on a small CPU)
     python bench/bench_grids.py --quick    # 1 image, 100 steps
     python bench/bench_grids.py --quick --steps 30 --models hashgrid,gauss
+    python bench/bench_grids.py --images kodim23 --steps 300 --skip-throughput
 
 Timings are wall-clock on a shared machine and noisy; compare within one run.
 """
@@ -85,6 +86,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one image, 100 steps")
     parser.add_argument("--steps", type=int, default=None, help="override the number of steps")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
+    parser.add_argument("--images", default=None,
+                        help="comma-separated image stems (e.g. kodim23); default all")
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
@@ -100,7 +103,11 @@ def main() -> int:
     if not IMAGES.is_dir():
         print(f"no images at {IMAGES}; skipping the fit table")
         return 0
-    images = sorted(IMAGES.glob("kodim*.png"))[: 1 if args.quick else None]
+    images = sorted(IMAGES.glob("kodim*.png"))
+    if args.images:
+        wanted = {stem.strip() for stem in args.images.split(",")}
+        images = [image for image in images if image.stem in wanted]
+    images = images[: 1 if args.quick else None]
     steps = args.steps or (100 if args.quick else 2000)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     print(f"\npaper protocol (512 crop, train [::2,::2], test [1::2,1::2]), {steps} steps")
