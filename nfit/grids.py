@@ -156,8 +156,8 @@ class MultiResolutionGrid(Encoding):
     #: hidden width and layers of the MLP after the grid, and the paper's learning rate;
     #: applied by ``nfit.config.merge_config`` when the user does not give them.
     defaults: ClassVar[dict[str, Any]] = {"width": 64, "depth": 3, "lr": 1e-2}
-    params = ("levels", "features_per_level", "log2_table", "base_resolution",
-              "finest_resolution", "bounds")
+    params: ClassVar[tuple[str, ...]] = ("levels", "features_per_level", "log2_table", "base_resolution",
+                                         "finest_resolution", "bounds")
 
     def __init__(self, in_dim: int, levels: int = 16, features_per_level: int = 2,
                  log2_table: int = 19, base_resolution: int = 16, finest_resolution: int = 512,
@@ -232,9 +232,10 @@ class MultiResolutionGrid(Encoding):
         cell = torch.minimum(pos.floor().long(), (self._res_int - 1)[None, :, None])
         frac = pos - cell.to(pos.dtype)                                        # (n, L, d)
         two = torch.arange(2, device=x.device)
-        weight = index = None
+        weight: torch.Tensor | None = None
+        index: torch.Tensor | None = None
         dense, hashed = self.n_dense, self.levels - self.n_dense
-        indices = []
+        indices: list[torch.Tensor] = []
         # Each level's table offset is added where the tensor is smallest: to the first
         # axis's two values at dense levels, after the mask at hashed ones.
         if dense:
@@ -243,6 +244,7 @@ class MultiResolutionGrid(Encoding):
                 if i == 0:
                     step = step + self._offset[None, :dense, None]
                 index = step if index is None else (step[..., :, None] + index[..., None, :]).flatten(-2)
+            assert index is not None
             indices.append(index)
         if hashed:
             index = None
@@ -255,6 +257,7 @@ class MultiResolutionGrid(Encoding):
             f = frac[:, :, i, None]
             step = torch.cat([1.0 - f, f], -1)                                 # (n, L, 2)
             weight = step if weight is None else (step[..., :, None] * weight[..., None, :]).flatten(-2)
+        assert weight is not None
         full_index = (indices[0] if len(indices) == 1 else torch.cat(indices, 1))
         r = None
         if with_offsets:
