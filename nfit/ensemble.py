@@ -33,7 +33,6 @@ import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +43,7 @@ from nfit.device import autocast, configure_matmul
 from nfit.errors import UsageError
 from nfit.field import Field
 from nfit.fit import CPU_STEP_CHUNK, EVAL_CHUNK, EVAL_SUBSET, PointSource, Problem
+from nfit.memory import available_memory
 from nfit.metrics import psnr_from_mse
 from nfit.networks import MLP
 
@@ -366,18 +366,11 @@ def final_sets(problem: Problem, train_x: torch.Tensor | None = None,
 # ----------------------------------------------------------------------------- memory
 
 
-def available_memory(device: torch.device) -> int:
-    """Bytes free for a new ensemble: the GPU's free memory, else the host's MemAvailable."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 8 << 30  # no /proc (macOS): assume a modest machine
+def ensemble_memory_budget(device: torch.device) -> int:
+    """Bytes free for a new ensemble (``nfit.memory.available_memory``), or 8 GiB where the
+    device does not say (no /proc, MPS)."""
+    free = available_memory(device)
+    return free if free is not None else 8 << 30
 
 
 def member_bytes(*, n_train: int, n_step: int, feature_dim: int, width: int, depth: int,

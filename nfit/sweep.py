@@ -48,7 +48,7 @@ from nfit.config import FitConfig
 from nfit.device import resolve_device, resolve_precision
 from nfit.encodings import ENCODINGS, build_encoding, encoding_names
 from nfit.ensemble import (
-    available_memory,
+    ensemble_memory_budget,
     final_sets,
     member_bytes,
     plan_groups,
@@ -269,7 +269,7 @@ def train_members(task: Task, base: FitConfig | Mapping[str, FitConfig],
                                     feature_dim=fields[i].encoding.out_dim, width=c.width,
                                     depth=c.depth, out_dim=task.out_dim, precision=precision,
                                     cached=problem.sampler is None))
-        budget = memory if memory is not None else int(available_memory(device) * MEMORY_FRACTION)
+        budget = memory if memory is not None else int(ensemble_memory_budget(device) * MEMORY_FRACTION)
         for local in plan_groups(keys, per, budget):
             idx = [batched[j] for j in local]
             shared = cfgs[idx[0]]
@@ -593,14 +593,6 @@ def sweep_report(kind: str, task: Task, base: FitConfig, result: SweepResult) ->
     }
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def write_sweep(kind: str, task: Task, base: FitConfig, result: SweepResult,
@@ -617,5 +609,5 @@ def write_sweep(kind: str, task: Task, base: FitConfig, result: SweepResult,
     report["files"] = sorted(set(best_report.get("files", [])) |
                              {"sweep.csv", "sweep.png", "sweep.json"})
     report["out"] = str(out_dir)
-    atomic_write_json(out_dir / "sweep.json", _json_safe(report))
+    atomic_write_json(out_dir / "sweep.json", report)
     return report

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from nfit.errors import Interrupted, NfitError
+from nfit.io import json_safe
 
 stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
@@ -131,20 +132,12 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def emit(report: dict[str, Any], as_json: bool, quiet: bool, rows: list[tuple[str, Any]]) -> None:
     """Results on stdout: JSON with --json, otherwise a table (unless --quiet)."""
     if as_json:
-        sys.stdout.write(json.dumps(_json_safe(report), indent=2) + "\n")
+        sys.stdout.write(json.dumps(json_safe(report), indent=2) + "\n")
         return
     if quiet:
         return

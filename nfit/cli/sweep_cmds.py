@@ -40,7 +40,6 @@ from nfit.cli.common import (
     Seed,
     Steps,
     Width,
-    _json_safe,
     fmt,
     grid_flags,
     handle_errors,
@@ -49,7 +48,7 @@ from nfit.cli.common import (
 )
 from nfit.config import load_yaml_config, merge_config
 from nfit.errors import UsageError
-from nfit.io import resolve_out_dir
+from nfit.io import json_safe, resolve_out_dir
 from nfit.signals import signal_kind
 from nfit.sweep import (
     AUTO_ROUNDS,
@@ -180,7 +179,7 @@ def sweep(
                                on_group=on_group, on_note=note, configs=per_encoding)
         report = write_sweep(kind, task, cfg, result, out_dir)
         if json_out:
-            sys.stdout.write(json.dumps(_json_safe(report), indent=2) + "\n")
+            sys.stdout.write(json.dumps(json_safe(report), indent=2) + "\n")
             return
         if quiet:
             return
