@@ -298,6 +298,14 @@ def train_ensemble(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *,
     # On the CPU the K members' activations for a slice of points stay about as small as a
     # single fit's 8192-row slice (see CPU_STEP_CHUNK in nfit.fit).
     step_chunk = max(512, CPU_STEP_CHUNK // k) if device.type == "cpu" else 1 << 62
+    # Full batch: cut the cached (K, N, F) features into contiguous slices once. A slice
+    # taken along N each step is strided per member, and bmm copies it to contiguous
+    # memory in the forward and again in the backward.
+    full_slices: list[torch.Tensor] | None = None
+    if train_in is not None and sampler is None and not batch and step_chunk < n_train:
+        full_slices = [train_in[:, i:i + step_chunk].contiguous()
+                       for i in range(0, n_train, step_chunk)]
+        train_in = None
     net.train()
     start = time.perf_counter()
     for step in range(1, cfg.steps + 1):
@@ -313,19 +321,21 @@ def train_ensemble(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *,
                                for s in distinct])[slot]  # (K, batch)
             assert train_in is not None
             xin, yt = train_in[member_rows, idx], train_y[idx]
-        else:
+        elif full_slices is None:
             assert train_in is not None
             xin, yt = train_in, train_y
         optimizer.zero_grad(set_to_none=True)
         last = torch.zeros(k, device=device)
-        n_step = xin.shape[1]
-        for i in range(0, n_step, step_chunk):
+        n_step = n_train if full_slices is not None else xin.shape[1]
+        for j, i in enumerate(range(0, n_step, step_chunk)):
+            part = full_slices[j] if full_slices is not None else xin[:, i:i + step_chunk]
+            target = (train_y if full_slices is not None else yt)[..., i:i + step_chunk, :]
             with autocast(device, precision):
-                pred = net(xin[:, i:i + step_chunk])
+                pred = net(part)
             # Each slice's per-member mean weighted by its share, as in nfit.fit.fit; the
             # sum's gradient w.r.t. member k's weights is member k's own gradient.
             share = min(step_chunk, n_step - i) / n_step
-            losses = member_losses(problem.loss, pred, yt[..., i:i + step_chunk, :]) * share
+            losses = member_losses(problem.loss, pred, target) * share
             losses.sum().backward()
             last = last + losses.detach()
         optimizer.step()
