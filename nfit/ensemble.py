@@ -132,18 +132,6 @@ def member_losses(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torch.
     raise ValueError(f"unknown loss {kind!r}")
 
 
-def member_scores(kind: str, pred: torch.Tensor,
-                  target: torch.Tensor) -> tuple[list[float], list[float]]:
-    """(losses, metrics) per member, in float64, with one host transfer. pred: (K, N, C)."""
-    pred, target = pred.double(), target.double().expand_as(pred)
-    if kind == "mse":
-        mse = ((pred - target) ** 2).mean(dim=(1, 2)).tolist()
-        return mse, [psnr_from_mse(v) for v in mse]
-    loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none").mean(dim=(1, 2))
-    acc = ((pred > 0).double() == target).double().mean(dim=(1, 2))
-    return loss.tolist(), acc.tolist()
-
-
 def inside_of(loss: str, values: torch.Tensor) -> torch.Tensor:
     """Where a mesh field (or its target) says "inside": a signed distance (MSE) below 0,
     an occupancy logit (BCE; targets 0/1) above 0, as ``nfit.signals.mesh.predicted_inside``."""
