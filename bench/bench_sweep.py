@@ -5,10 +5,14 @@ The paper's 2D protocol: kodim23's 512x512 centre crop, training pixels [::2, ::
 Members: 4 sigmas x 2 seeds. Few steps, because only throughput is measured; the
 first step of each run is a warm-up and not timed separately (it is in every figure).
 
-    python bench/bench_sweep.py            # 8 steps
-    python bench/bench_sweep.py --quick    # 3 steps
+    python bench/bench_sweep.py            # 8 steps, 3 interleaved steady-state rounds
+    python bench/bench_sweep.py --quick    # 3 steps, 1 round
 
-Figures are wall-clock on a shared machine: noisy, compare them within one run.
+Figures are wall-clock on a shared machine: noisy, compare them within one run. The
+steady-state section alternates one fit and the ensemble round by round (so a slow spell
+on the machine hits both) and compares their median step times, timed through the
+step hooks: the per-model throughput of the training step itself, without the warm-up
+and the final metrics that the whole-loop figures include.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from nfit.api import build_task_field, prepare_task
 from nfit.config import FitConfig
 from nfit.device import resolve_precision
+from nfit.ensemble import train_ensemble
 from nfit.fit import fit
 from nfit.sweep import parse_sigmas, run_sweep
 
@@ -35,8 +40,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="3 steps instead of 8")
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="interleaved steady-state rounds (default 3, 1 with --quick)")
     args = parser.parse_args()
     steps = args.steps or (3 if args.quick else 8)
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
 
     device = torch.device("cpu")
     base = FitConfig(encoding="gauss", sigma=10.0, steps=steps, eval_every=10**9, device="cpu",
@@ -89,6 +97,41 @@ def main() -> None:
     ]
     for name, value in rows:
         print(f"{name:46s}{value:12.4g}")
+    if rounds > 0:
+        steady_state(task, base, members, precision, max(steps, 4), rounds)
+
+
+def step_seconds(run) -> float:
+    """Mean seconds per step of one training run, from its first step hook to its last
+    but one: the warm-up step and the last step (which also scores the held-out sets)
+    are left out."""
+    stamps: list[float] = []
+    run(lambda *_: stamps.append(time.perf_counter()))
+    return (stamps[-2] - stamps[0]) / (len(stamps) - 2)
+
+
+def steady_state(task, base: FitConfig, members, precision: str, steps: int, rounds: int) -> None:
+    """One fit and the ensemble alternated, each timed over about the same wall time
+    (the single fit runs K times as many steps), so that the machine's slow spells
+    weigh on both alike."""
+    device = torch.device("cpu")
+    k = len(members)
+    ens_cfg = replace(base, steps=steps)
+    one_cfg = replace(base, steps=k * (steps - 2) + 2)
+    ratios = []
+    print(f"\nsteady state: mean step time after the first step; one fit ({one_cfg.steps} steps) "
+          f"and the K={k} ensemble ({steps} steps) alternated for {rounds} round(s)")
+    print(f"{'round':>6s}{'one fit s/step':>16s}{'ensemble s/step':>17s}{'per-model ratio':>17s}")
+    for r in range(rounds):
+        single = step_seconds(lambda hook: fit(build_task_field(task, one_cfg), task.problem, one_cfg,
+                                               device=device, precision=precision, on_step=hook))
+        fields = [build_task_field(task, replace(ens_cfg, sigma=s, seed=seed)) for s, seed in members]
+        batched = step_seconds(lambda hook, fields=fields: train_ensemble(
+            fields, task.problem, ens_cfg, seeds=[seed for _, seed in members], device=device,
+            precision=precision, on_step=hook))
+        ratios.append(k * single / batched)
+        print(f"{r + 1:6d}{single:16.4f}{batched:17.4f}{ratios[-1]:17.3f}", flush=True)
+    print(f"per-model throughput, ensemble / one fit (median of rounds): {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":
