@@ -89,6 +89,8 @@ def main() -> int:
     parser.add_argument("--images", default=None,
                         help="comma-separated image stems (e.g. kodim23); default all")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--precision", default="auto",
+                        help="auto (the CLI's default: bf16 where the CPU has it) or fp32")
     args = parser.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
 
@@ -110,14 +112,16 @@ def main() -> int:
     images = images[: 1 if args.quick else None]
     steps = args.steps or (100 if args.quick else 2000)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
-    print(f"\npaper protocol (512 crop, train [::2,::2], test [1::2,1::2]), {steps} steps")
+    print(f"\npaper protocol (512 crop, train [::2,::2], test [1::2,1::2]), {steps} steps, "
+          f"precision {args.precision}, {torch.get_num_threads()} threads")
     print(f"{'image':10s} {'model':10s} {'test PSNR':>9s} {'train PSNR':>10s} "
           f"{'wall s':>8s} {'params':>9s}")
     totals: dict[str, list[float]] = {}
     for image in images:
         for name in names:
             cfg = merge_config({}, {**MODELS[name], "steps": steps, "split": "paper",
-                                    "eval_every": steps, "device": "cpu", "precision": "fp32"})
+                                    "eval_every": steps, "device": "cpu",
+                                    "precision": args.precision})
             task = prepare_task("image", image, cfg)
             result = fit_task(task, cfg)
             params = build_task_field(task, cfg).parameter_count()

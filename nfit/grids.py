@@ -78,11 +78,28 @@ float rounding, gradients included; about 2-3x less time per training step on CP
 Training on more than ``MULFA_CHUNK`` points recomputes chunks (activation
 checkpointing) to bound memory.
 
-The paper's own equations could not be retrieved here. An unofficial implementation
-that cites the paper's Eq. (7) feeds the filters the vertex's flat index and the
-Fourier features the absolute grid position, adds an output bias, and divides by the
-kernel's sum over corners; those would make the kernel depend on the cell (and on
-hashing) and can divide by values near zero, so the offset-based form above is kept.
+The paper's own text could not be retrieved here; what is known of its equations comes
+from second-hand sources (reading notes on the paper and an unofficial implementation
+that cites its Eq. (7)): Eq. (6) feeds the filter network the Fourier features of the
+point x, Eq. (7) evaluates each layer's filter at the grid vertex i rather than at x, and
+Eq. (8) divides the kernel's values by their sum over the cell's active vertices. Both
+readings are available, chosen by ``kernel_form`` (``--kernel-form``):
+
+- ``offset`` (default), the form above. It differs from the published one in three
+  places, for these reasons: its filters read the offset r = x N_l - c (so the kernel
+  is the same function in every cell, whether a level is dense or hashed, and the same
+  r seen from either side of a cell face gives the same weight: the field is continuous);
+  its Fourier features gamma(r) equal gamma(x N_l) up to a sign per corner (the first
+  octave's period is two cells); and it multiplies the d-linear weight instead of
+  normalising (a normalised kernel gives the cell's far corners weight on its faces, so
+  the field jumps between cells, and its denominator can pass through zero).
+- ``paper``: Eqs. (6)-(8) as described. z_0 = gamma(x N_l) (per point), z_j = (A_j
+  z_{j-1} + a_j) * sin(Omega_j v + psi_j) with v the corner's integer vertex coordinates
+  (the unofficial code feeds a flattened vertex index instead, which makes neighbours
+  along the slow axis a whole row apart), phi~ = B z_J + beta, and phi = phi~ / sum over
+  the 2^d corners, with the sum held away from zero (``PAPER_EPS``). beta starts at 1
+  and B small, so the weights start near the cell mean 1/2^d. This form is evaluated
+  per corner (``paper_kernel``), without the fast path, so it is slower.
 """
 
 from __future__ import annotations
@@ -106,6 +123,8 @@ CHUNK = 1 << 15
 #: five (L, n, 2^d, H) float32 tensors for the backward pass (about 0.7 GB at the
 #: defaults in 2D, n = 2^16); larger point sets are recomputed chunk by chunk.
 MULFA_CHUNK = 1 << 16
+#: The ``paper`` MulFAGrid form's smallest |sum of the kernel over a cell's corners| (Eq. 8).
+PAPER_EPS = 1e-3
 #: Largest total number of vertices a dense grid may have (about 1 GiB at F = 4 in fp32).
 MAX_DENSE_ENTRIES = 1 << 26
 
@@ -362,19 +381,26 @@ class DenseGrid(MultiResolutionGrid):
 class MulFAGrid(MultiResolutionGrid):
     summary = "MulFAGrid: grid features blended by a learned multiplicative-filter kernel on Fourier features"
     sigma_meaning = "not used (see --levels, --kernel-width, --finest-resolution)"
-    params = MultiResolutionGrid.params + ("kernel_width", "kernel_layers", "frequencies", "seed")
+    params = MultiResolutionGrid.params + ("kernel_width", "kernel_layers", "frequencies", "seed",
+                                           "kernel_form")
+    #: ``offset`` (default) or ``paper``; see the module docstring.
+    KERNEL_FORMS = ("offset", "paper")
 
     _octaves: torch.Tensor
 
     def __init__(self, in_dim: int, levels: int = 8, features_per_level: int = 2,
                  log2_table: int = 22, base_resolution: int = 16, finest_resolution: int = 256,
                  bounds: tuple[float, float] | list[float] = (0.0, 1.0), kernel_width: int = 16,
-                 kernel_layers: int = 2, frequencies: int = 4, seed: int = 0) -> None:
+                 kernel_layers: int = 2, frequencies: int = 4, seed: int = 0,
+                 kernel_form: str = "offset") -> None:
         super().__init__(in_dim, levels=levels, features_per_level=features_per_level,
                          log2_table=log2_table, base_resolution=base_resolution,
                          finest_resolution=finest_resolution, bounds=bounds)
         if kernel_width < 1 or kernel_layers < 1 or frequencies < 1:
             raise UsageError("--kernel-width, --kernel-layers and --frequencies must be at least 1")
+        if kernel_form not in self.KERNEL_FORMS:
+            raise UsageError(f"--kernel-form must be one of {', '.join(self.KERNEL_FORMS)}, got {kernel_form!r}")
+        self.kernel_form = kernel_form
         self.kernel_width, self.kernel_layers = int(kernel_width), int(kernel_layers)
         self.frequencies, self.seed = int(frequencies), int(seed)
         gen = torch.Generator().manual_seed(self.seed)
@@ -392,9 +418,15 @@ class MulFAGrid(MultiResolutionGrid):
             self.a.append(nn.Parameter((torch.rand(L, fan_out, generator=gen) * 2 - 1) * bound))
             self.omega.append(nn.Parameter(torch.randn(L, fan_out, in_dim, generator=gen) * math.pi))
             self.psi.append(nn.Parameter((torch.rand(L, fan_out, generator=gen) * 2 - 1) * math.pi))
-        # Zero output layer: the kernel starts as the plain d-linear one.
-        self.B = nn.Parameter(torch.zeros(L, H))
-        self.beta = nn.Parameter(torch.zeros(L))
+        if kernel_form == "offset":
+            # Zero output layer: the kernel starts as the plain d-linear one.
+            self.B = nn.Parameter(torch.zeros(L, H))
+            self.beta = nn.Parameter(torch.zeros(L))
+        else:
+            # Output bias 1 and a small readout: the normalised weights start near 1/2^d
+            # (the cell's mean), far from a vanishing denominator.
+            self.B = nn.Parameter((torch.rand(L, H, generator=gen) * 2 - 1) / (10 * math.sqrt(H)))
+            self.beta = nn.Parameter(torch.ones(L))
 
     def kernel(self, r: torch.Tensor) -> torch.Tensor:
         """Learned factor 1 + B z_J + beta for offsets r: (n, L, C, d) -> (n, L, C).
@@ -451,7 +483,36 @@ class MulFAGrid(MultiResolutionGrid):
         out = _Readout.apply(z.view(L, n * C, H), self.B) + (1.0 + self.beta)[:, None]
         return out.view(L, n, C).transpose(0, 1)                               # (n, L, C)
 
+    def paper_kernel(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised weights of the ``paper`` form: x (n, d) in [0, 1]^d -> (n, L, 2^d).
+
+        Eq. (6): the first layer reads gamma(x N_l), the Fourier features of the point in
+        the level's grid units (the same for every corner). Eq. (7): each layer's filter
+        sin(Omega_j v + psi_j) is evaluated at the corner's vertex v (integer grid
+        coordinates). Eq. (8): the kernel's values over the cell's corners are divided by
+        their sum; a sum within ``PAPER_EPS`` of zero is held at +-PAPER_EPS.
+        """
+        pos = x[:, None, :] * self._res[None, :, None]                        # (n, L, d)
+        cell = torch.minimum(pos.floor().long(), (self._res_int - 1)[None, :, None])
+        vertex = (cell[:, :, None, :] + self._corners[None, None]).to(pos.dtype)  # (n, L, C, d)
+        angles = pos[..., None] * self._octaves                                # (n, L, d, K)
+        z = torch.cat([torch.sin(angles), torch.cos(angles)], -1).flatten(-2)   # (n, L, 2dK)
+        for j, (A, a, omega, psi) in enumerate(zip(self.A, self.a, self.omega, self.psi, strict=True)):
+            filt = torch.sin(torch.einsum("nlcd,lhd->nlch", vertex, omega) + psi[None, :, None])
+            if j == 0:
+                u = (torch.einsum("nli,lhi->nlh", z, A) + a[None])[:, :, None]  # (n, L, 1, H)
+            else:
+                u = torch.einsum("nlci,lhi->nlch", z, A) + a[None, :, None]
+            z = u * filt                                                        # (n, L, C, H)
+        raw = torch.einsum("nlch,lh->nlc", z, self.B) + self.beta[None, :, None]
+        total = raw.sum(-1, keepdim=True)
+        sign = torch.where(total < 0, -1.0, 1.0)
+        return raw / torch.where(total.abs() < PAPER_EPS, sign * PAPER_EPS, total)
+
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel_form == "paper":
+            index, _, _ = self.cell_geometry(x)
+            return self.blend(index, self.paper_kernel(x))
         index, weight, r = self.cell_geometry(x, with_offsets=True)
         assert r is not None
         # Corner 0 sits at the cell's origin, so its offset is the fractional position.
@@ -472,7 +533,7 @@ class MulFAGrid(MultiResolutionGrid):
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "kernel_width": self.kernel_width,
                 "kernel_layers": self.kernel_layers, "frequencies": self.frequencies,
-                "seed": self.seed}
+                "seed": self.seed, "kernel_form": self.kernel_form}
 
 
 class _Modulate(torch.autograd.Function):

@@ -122,6 +122,33 @@ def test_mulfagrid_starts_as_the_dense_grid_and_its_kernel_learns():
 
 
 @pytest.mark.parametrize("dim", [2, 3])
+def test_mulfagrid_paper_form_normalises_over_the_cell_and_reads_the_vertices(dim):
+    """Eq. (8): the weights of a cell's corners sum to one; Eq. (7): the filters depend on
+    the vertex, so two points in one cell with the same Fourier features get the same
+    weights, and moving the cell changes them."""
+    torch.manual_seed(0)
+    enc = build_encoding({"type": "mulfagrid", "levels": 2, "base_resolution": 4,
+                          "finest_resolution": 8, "kernel_form": "paper"}, dim).double()
+    with torch.no_grad():
+        enc.B.normal_()
+    x = torch.rand(300, dim, dtype=torch.float64)
+    w = enc.paper_kernel(x)
+    assert w.shape == (300, 2, 2**dim)
+    assert torch.allclose(w.sum(-1), torch.ones(300, 2, dtype=torch.float64), atol=1e-9)
+    # Level 0 has resolution 4 here: shifting x by two cells keeps gamma(x N) (its slowest
+    # octave has a period of two cells) but moves the vertices, so the weights change.
+    res = enc.resolutions[0]
+    p = torch.full((1, dim), 0.3 / res, dtype=torch.float64)
+    shifted = p + 2.0 / res
+    assert not torch.allclose(enc.paper_kernel(p)[:, 0], enc.paper_kernel(shifted)[:, 0])
+    enc.omega[0].data.zero_()
+    enc.omega[1].data.zero_()  # no vertex dependence left: the same weights in both cells
+    assert torch.allclose(enc.paper_kernel(p)[:, 0], enc.paper_kernel(shifted)[:, 0])
+    with pytest.raises(UsageError, match="--kernel-form"):
+        build_encoding({"type": "mulfagrid", "kernel_form": "exact"}, dim)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
 def test_mulfagrid_fast_kernel_equals_the_per_corner_formula(dim, monkeypatch):
     """The factorised evaluation gives the per-corner MFN's values and gradients."""
     torch.manual_seed(3)
@@ -226,6 +253,7 @@ def test_siren_initial_activations_follow_the_paper():
     ({"encoding": "hashgrid", "levels": 8, "log2_table": 12, "finest_resolution": 32}, 32.0),
     ({"encoding": "densegrid", "levels": 4, "finest_resolution": 32}, 32.0),
     ({"encoding": "mulfagrid", "levels": 4, "finest_resolution": 32}, 32.0),
+    ({"encoding": "mulfagrid", "levels": 4, "finest_resolution": 32, "kernel_form": "paper"}, 32.0),
     # the paper's lr 1e-4 is tuned for 256-wide SIRENs; a small one this short needs 1e-3
     ({"model": "siren", "width": 64, "depth": 3, "lr": 1e-3}, 35.0),
 ])

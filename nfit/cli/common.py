@@ -47,18 +47,19 @@ FinestResolution = Annotated[int | None, typer.Option("--finest-resolution", hel
 KernelWidth = Annotated[int | None, typer.Option("--kernel-width", help="mulfagrid: hidden width of the kernel's filter network (default 16)")]
 KernelLayers = Annotated[int | None, typer.Option("--kernel-layers", help="mulfagrid: multiplicative filter layers (default 2)")]
 Frequencies = Annotated[int | None, typer.Option("--frequencies", help="mulfagrid: Fourier octaves fed to the kernel (default 4)")]
+KernelForm = Annotated[str | None, typer.Option("--kernel-form", help="mulfagrid: offset (default: the kernel reads the offset to each vertex and scales the d-linear weight) or paper (Eqs. 6-8 as published: filters at the vertices, weights normalised over the cell)")]
 Omega0 = Annotated[float | None, typer.Option("--omega0", help="siren: frequency factor omega0 of the sine layers (default 30)")]
 
 
 def grid_flags(levels: int | None, log2_table: int | None, features_per_level: int | None,
                base_resolution: int | None, finest_resolution: int | None,
                kernel_width: int | None, kernel_layers: int | None, frequencies: int | None,
-               omega0: float | None) -> dict[str, Any]:
+               omega0: float | None, kernel_form: str | None = None) -> dict[str, Any]:
     """The grid/SIREN options as flags for ``merge_config`` (None = not given)."""
     return dict(levels=levels, log2_table=log2_table, features_per_level=features_per_level,
                 base_resolution=base_resolution, finest_resolution=finest_resolution,
                 kernel_width=kernel_width, kernel_layers=kernel_layers, frequencies=frequencies,
-                omega0=omega0)
+                omega0=omega0, kernel_form=kernel_form)
 
 
 Out = Annotated[Path | None, typer.Option(help="output directory (default runs/<input name>)")]

@@ -23,6 +23,7 @@ from nfit.cli.common import (
     Force,
     Frequencies,
     Json,
+    KernelForm,
     KernelLayers,
     KernelWidth,
     Levels,
@@ -136,14 +137,14 @@ def image(
     levels: Levels = None, log2_table: Log2Table = None, features_per_level: FeaturesPerLevel = None,
     base_resolution: BaseResolution = None, finest_resolution: FinestResolution = None,
     kernel_width: KernelWidth = None, kernel_layers: KernelLayers = None,
-    frequencies: Frequencies = None, omega0: Omega0 = None,
+    frequencies: Frequencies = None, omega0: Omega0 = None, kernel_form: KernelForm = None,
 ) -> None:
     """Fit a field to a photograph: writes recon.png, error.png, curve.*, report.json, model.safetensors."""
     flags = dict(encoding=encoding, sigma=sigma, features=features, model=model, width=width,
                  depth=depth, steps=steps, lr=lr, seed=seed, device=device, precision=precision,
                  split=split, batch=batch, eval_every=eval_every,
                  **grid_flags(levels, log2_table, features_per_level, base_resolution,
-                              finest_resolution, kernel_width, kernel_layers, frequencies, omega0))
+                              finest_resolution, kernel_width, kernel_layers, frequencies, omega0, kernel_form))
     signal_kind("image")
     run_fit_command("image", path, flags, config, out, force, json_out, quiet,
                     checkpoint_every=checkpoint_every, resume=resume, max_memory=max_memory)
@@ -166,7 +167,7 @@ def sdf(
     levels: Levels = None, log2_table: Log2Table = None, features_per_level: FeaturesPerLevel = None,
     base_resolution: BaseResolution = None, finest_resolution: FinestResolution = None,
     kernel_width: KernelWidth = None, kernel_layers: KernelLayers = None,
-    frequencies: Frequencies = None, omega0: Omega0 = None,
+    frequencies: Frequencies = None, omega0: Omega0 = None, kernel_form: KernelForm = None,
 ) -> None:
     """Fit a signed distance (or occupancy) field to a mesh: writes recon.ply, preview.png, curve.*, report.json, model.safetensors."""
     flags = dict(encoding=encoding, sigma=sigma, features=features, model=model, width=width,
@@ -174,7 +175,7 @@ def sdf(
                  batch=batch, eval_every=eval_every, target=target, resolution=resolution,
                  clamp=clamp, pool=pool,
                  **grid_flags(levels, log2_table, features_per_level, base_resolution,
-                              finest_resolution, kernel_width, kernel_layers, frequencies, omega0))
+                              finest_resolution, kernel_width, kernel_layers, frequencies, omega0, kernel_form))
     signal_kind("sdf")
     run_fit_command("sdf", path, flags, config, out, force, json_out, quiet,
                     checkpoint_every=checkpoint_every, resume=resume, max_memory=max_memory,

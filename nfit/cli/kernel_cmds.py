@@ -19,6 +19,7 @@ from nfit.cli.common import (
     Force,
     Frequencies,
     Json,
+    KernelForm,
     KernelLayers,
     KernelWidth,
     Levels,
@@ -80,7 +81,7 @@ def kernel(
     levels: Levels = None, log2_table: Log2Table = None, features_per_level: FeaturesPerLevel = None,
     base_resolution: BaseResolution = None, finest_resolution: FinestResolution = None,
     kernel_width: KernelWidth = None, kernel_layers: KernelLayers = None,
-    frequencies: Frequencies = None, omega0: Omega0 = None,
+    frequencies: Frequencies = None, omega0: Omega0 = None, kernel_form: KernelForm = None,
 ) -> None:
     """Tangent kernel (NTK; GTK for grid encodings) of a field on a signal: spectrum.csv/png,
     kernel_row.png, prediction.png (predicted vs measured gradient descent), report.json."""
@@ -94,7 +95,7 @@ def kernel(
             sigma=sigma, features=features, width=width, depth=depth, seed=seed, device=device,
             split=split, model=model,
             **grid_flags(levels, log2_table, features_per_level, base_resolution,
-                         finest_resolution, kernel_width, kernel_layers, frequencies, omega0))
+                         finest_resolution, kernel_width, kernel_layers, frequencies, omega0, kernel_form))
         base = merge_config(load_yaml_config(config), flags)
         # a config file or a model (--model sum implies densegrid) may choose the encoding
         names = _encoding_list(encoding or (base.encoding if config or model else None), compare)

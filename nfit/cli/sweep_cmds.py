@@ -27,6 +27,7 @@ from nfit.cli.common import (
     Force,
     Frequencies,
     Json,
+    KernelForm,
     KernelLayers,
     KernelWidth,
     Levels,
@@ -141,7 +142,7 @@ def sweep(
     levels: Levels = None, log2_table: Log2Table = None, features_per_level: FeaturesPerLevel = None,
     base_resolution: BaseResolution = None, finest_resolution: FinestResolution = None,
     kernel_width: KernelWidth = None, kernel_layers: KernelLayers = None,
-    frequencies: Frequencies = None, omega0: Omega0 = None,
+    frequencies: Frequencies = None, omega0: Omega0 = None, kernel_form: KernelForm = None,
 ) -> None:
     """Train every (encoding, sigma, seed) at once as a batched ensemble, choose on validation.
 
@@ -160,7 +161,7 @@ def sweep(
                      pool=pool, resolution=resolution,
                      **grid_flags(levels, log2_table, features_per_level, base_resolution,
                                   finest_resolution, kernel_width, kernel_layers, frequencies,
-                                  omega0))
+                                  omega0, kernel_form))
         file_values = load_yaml_config(config)
         # Each encoding's members get the settings `nfit KIND --encoding E` would give them
         # under the same flags (a grid's small MLP and lr), so one shared base is not forced

@@ -21,6 +21,7 @@ from nfit.cli.common import (
     Force,
     Frequencies,
     Json,
+    KernelForm,
     KernelLayers,
     KernelWidth,
     Levels,
@@ -56,13 +57,13 @@ def volume(
     levels: Levels = None, log2_table: Log2Table = None, features_per_level: FeaturesPerLevel = None,
     base_resolution: BaseResolution = None, finest_resolution: FinestResolution = None,
     kernel_width: KernelWidth = None, kernel_layers: KernelLayers = None,
-    frequencies: Frequencies = None, omega0: Omega0 = None,
+    frequencies: Frequencies = None, omega0: Omega0 = None, kernel_form: KernelForm = None,
 ) -> None:
     """Fit a field to a volume: writes recon.nii.gz/.npy/.tif, slices.png, curve.*, report.json, model.safetensors."""
     flags = dict(encoding=encoding, sigma=sigma, features=features, model=model, width=width,
                  depth=depth, steps=steps, lr=lr, seed=seed, device=device, precision=precision,
                  split=split, batch=batch, eval_every=eval_every,
                  **grid_flags(levels, log2_table, features_per_level, base_resolution,
-                              finest_resolution, kernel_width, kernel_layers, frequencies, omega0))
+                              finest_resolution, kernel_width, kernel_layers, frequencies, omega0, kernel_form))
     run_fit_command("volume", path, flags, config, out, force, json_out, quiet,
                     checkpoint_every=checkpoint_every, resume=resume, max_memory=max_memory)
