@@ -14,6 +14,12 @@ Gaussian Fourier-feature MLP (256x3) on the same points.
     python bench/bench_grids.py --quick    # 1 image, 100 steps
     python bench/bench_grids.py --quick --steps 30 --models hashgrid,gauss
     python bench/bench_grids.py --images kodim23 --steps 300 --skip-throughput
+    python bench/bench_grids.py --skip-throughput --skip-images --sdf-steps 300
+
+Table 3 (``--sdf-steps N``): ``nfit sdf`` on the meshes in ../shared/data/meshes with
+gauss (sigma 2), hashgrid and mulfagrid at their defaults: IoU on uniform and
+near-surface held-out points, Chamfer distance (marching cubes at resolution 128) and
+wall time.
 
 Timings are wall-clock on a shared machine and noisy; compare within one run.
 """
@@ -35,6 +41,12 @@ from nfit.config import merge_config  # noqa: E402
 from nfit.field import build_field  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "data" / "images"
+MESHES = ROOT.parent / "shared" / "data" / "meshes"
+SDF_MODELS = {
+    "gauss": {"encoding": "gauss", "sigma": 2.0},
+    "hashgrid": {"encoding": "hashgrid"},
+    "mulfagrid": {"encoding": "mulfagrid"},
+}
 MODELS = {
     "none": {"encoding": "none"},
     "basic": {"encoding": "basic"},
@@ -89,6 +101,11 @@ def main() -> int:
     parser.add_argument("--images", default=None,
                         help="comma-separated image stems (e.g. kodim23); default all")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-images", action="store_true", help="no Kodak table")
+    parser.add_argument("--sdf-steps", type=int, default=0,
+                        help="steps of the mesh table (default 0: no mesh table)")
+    parser.add_argument("--meshes", default="spot,stanford-bunny,teapot")
+    parser.add_argument("--sdf-models", default=",".join(SDF_MODELS))
     parser.add_argument("--precision", default="auto",
                         help="auto (the CLI's default: bf16 where the CPU has it) or fp32")
     args = parser.parse_args()
@@ -102,9 +119,40 @@ def main() -> int:
         for name, rate, params in throughput(points, 1 if args.quick else 3):
             print(f"{name:38s} {rate:12.3g} {params:10d}", flush=True)
 
+    if not args.skip_images:
+        image_table(args)
+    if args.sdf_steps > 0:
+        sdf_table(args)
+    return 0
+
+
+def sdf_table(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from nfit.api import fit_file
+
+    steps = args.sdf_steps
+    print(f"\nnfit sdf, {steps} steps, resolution 128, precision {args.precision}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'mesh':15s} {'model':10s} {'IoU unif':>9s} {'IoU near':>9s} {'Chamfer':>9s} "
+          f"{'wall s':>7s} {'params':>10s}")
+    for mesh in [m.strip() for m in args.meshes.split(",") if m.strip()]:
+        for name in [m.strip() for m in args.sdf_models.split(",") if m.strip()]:
+            cfg = merge_config({}, {**SDF_MODELS[name], "steps": steps, "eval_every": steps,
+                                    "device": "cpu", "precision": args.precision,
+                                    "resolution": 128})
+            with tempfile.TemporaryDirectory() as tmp:
+                report = fit_file("sdf", MESHES / f"{mesh}.obj", cfg, Path(tmp) / "run")
+            r = report["test"]
+            print(f"{mesh:15s} {name:10s} {r['iou_uniform']:9.3f} {r['iou_near_surface']:9.3f} "
+                  f"{r['chamfer']:9.4f} {report['wall_time_s']:7.0f} {report['parameters']:10d}",
+                  flush=True)
+
+
+def image_table(args: argparse.Namespace) -> None:
     if not IMAGES.is_dir():
         print(f"no images at {IMAGES}; skipping the fit table")
-        return 0
+        return
     images = sorted(IMAGES.glob("kodim*.png"))
     if args.images:
         wanted = {stem.strip() for stem in args.images.split(",")}
@@ -131,7 +179,6 @@ def main() -> int:
                   f"{result.wall_time:8.1f} {params:9d}", flush=True)
     print("\nmean held-out PSNR: " + ", ".join(
         f"{k} {sum(v) / len(v):.2f}" for k, v in totals.items()))
-    return 0
 
 
 if __name__ == "__main__":
