@@ -283,6 +283,26 @@ class MultiResolutionGrid(Encoding):
             r = frac[:, :, None, :] - self._corners[None, None].to(frac.dtype)  # (n, L, C, d)
         return full_index, weight, r
 
+    @torch.no_grad()
+    def coverage(self, train: torch.Tensor, held_out: torch.Tensor, chunk: int = 1 << 16) -> list[float]:
+        """Per level, the mean share of a held-out point's interpolation weight that falls
+        on vertices some training point touches (with nonzero weight).
+
+        The level's block of the grid tangent kernel between a held-out point and the
+        training set is built from exactly those vertices, so a level at 0 is fitted to
+        the training points but says nothing about the held-out ones. Coordinates in
+        the grid's bounds, (n, d); returns L floats in [0, 1].
+        """
+        touched = torch.zeros(self.table.shape[0], dtype=torch.bool, device=self.table.device)
+        for i in range(0, len(train), chunk):
+            index, weight, _ = self.cell_geometry(self.normalise(train[i:i + chunk]))
+            touched[index[weight > 1e-6]] = True
+        share = torch.zeros(self.levels, dtype=torch.float64)
+        for i in range(0, len(held_out), chunk):
+            index, weight, _ = self.cell_geometry(self.normalise(held_out[i:i + chunk]))
+            share += (weight * touched[index]).sum((0, 2)).double().cpu()
+        return (share / max(len(held_out), 1)).tolist()
+
     def level_index(self, x: torch.Tensor) -> torch.Tensor:
         """(n, L, 2^d) int64 table rows of the corners of x's cell at every level."""
         return self.cell_geometry(x)[0]

@@ -274,3 +274,20 @@ def test_checkpoint_round_trip_renders_identical_pixels(tiny_rgb, tmp_path):
     assert fld.spec() == build_field(fld.spec()).spec()
     signal_kind("image").render(fld, meta["signal"], tmp_path / "again.png")
     assert np.array_equal(iio.imread(tmp_path / "again.png"), iio.imread(tmp_path / "run" / "recon.png"))
+
+
+def test_coverage_finds_the_level_where_held_out_pixels_share_no_vertex_with_training_ones():
+    """The paper split's layout on a 64-pixel lattice: at resolution 64 every pixel is a
+    vertex and the held-out (odd) pixels' vertices are never touched by the training (even)
+    pixels; at 16 and 32 held-out pixels interpolate between trained vertices (all but
+    the last row and column, whose far vertex lies on the domain's edge)."""
+    axis = torch.arange(64) / 64
+    lattice = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), -1)
+    train, held = lattice[::2, ::2].reshape(-1, 2), lattice[1::2, 1::2].reshape(-1, 2)
+    enc = build_encoding({"type": "hashgrid", "levels": 3, "base_resolution": 16,
+                          "finest_resolution": 64, "log2_table": 16}, 2)
+    assert enc.resolutions == [16, 32, 64]
+    coarse, middle, finest = enc.coverage(train, held)
+    assert finest == 0.0
+    assert coarse > 0.95 and middle > 0.95
+    assert enc.coverage(train, train) == pytest.approx([1.0, 1.0, 1.0])

@@ -228,6 +228,9 @@ def test_plain_grid_tangent_kernel_is_constant(tiny_rgb: Path, tmp_path: Path,
     assert study["kernel_drift"] < 1e-6
     assert study["predicted"]["test_psnr"] == pytest.approx(study["measured"]["test_psnr"],
                                                             abs=1e-4)
+    coverage = study["grid_coverage"]
+    assert [c["resolution"] for c in coverage] == [16, 22, 32]
+    assert all(0.0 <= c["held_out_weight_on_trained_vertices"] <= 1.0 for c in coverage)
     # the same grid read by an MLP is not linear in the table: its GTK moves
     moved = _kernel("image", tiny_rgb, tmp_path / "m", encoding=encoding, extra=dict(GRID))
     assert moved["encodings"][encoding]["kernel_drift"] > 1e-3

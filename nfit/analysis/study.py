@@ -127,6 +127,7 @@ class EncodingStudy:
                                    "grid_before": self.grid_regions[0],
                                    "grid_after": self.grid_regions[1]},
             "kernel_row": {"center": self.row_center, "halfwidth": self.row_halfwidth},
+            **({"grid_coverage": self.extra["grid_coverage"]} if "grid_coverage" in self.extra else {}),
             "curve": self.curve,
         }
 
@@ -316,4 +317,24 @@ def study_encoding(task: Any, cfg: FitConfig, data: Subset, opts: KernelOptions,
     return EncodingStudy(cfg.encoding, fld.encoding.spec() if hasattr(fld, "encoding") else {},
                          lam, seconds, delta, lr, curve, drift, regions_before, regions_after,
                          (grid_before, grid_after), row, extent, center, halfwidth,
-                         sum(p.numel() for p in fld.parameters()), {"grid_points": len(grid)})
+                         sum(p.numel() for p in fld.parameters()),
+                         {"grid_points": len(grid), **grid_coverage(task, fld, data)})
+
+
+def grid_coverage(task: Any, fld: Field, data: Subset) -> dict[str, Any]:
+    """For a grid encoding: per level, the share of the held-out points' interpolation
+    weight on vertices that the task's training points touch (``coverage`` in
+    ``nfit.grids``), computed on the full training set a fit would use (the subset when
+    the task samples its points). Empty for other encodings."""
+    encoding = getattr(fld, "encoding", None)
+    if not hasattr(encoding, "coverage"):
+        return {}
+    device = next(fld.parameters()).device
+    problem = task.problem
+    train = problem.train_x if problem.sampler is None and len(problem.train_x) else data.train_x
+    held = problem.eval_sets.get("test")
+    held_x = held[0] if isinstance(held, tuple) else data.test_x
+    shares = encoding.coverage(train.to(device), held_x.to(device))  # type: ignore[union-attr]
+    return {"grid_coverage": [{"level": i, "resolution": r, "held_out_weight_on_trained_vertices": s}
+                              for i, (r, s) in enumerate(zip(encoding.resolutions, shares,  # type: ignore[union-attr]
+                                                             strict=True))]}
