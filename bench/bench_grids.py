@@ -5,8 +5,9 @@ crop, train [::2, ::2], test [1::2, 1::2]) and each model, held-out (test) PSNR,
 training PSNR, wall time and parameter count. Every model uses its registry defaults
 (grids: 2 hidden layers of 64 and Instant-NGP's Adam; siren: no encoding, lr 1e-4);
 the Fourier MLPs use sigma 10 as in Tancik et al. Each image's first row, "bilinear", is
-no model: the held-out PSNR of bilinear interpolation of the training pixels, the level a
-grid whose finest trained level sits on the training lattice converges to.
+no model: the held-out PSNR of bilinear interpolation of the training pixels, a reference
+for the grids (a level whose vertices are the training pixels predicts a held-out pixel
+by interpolating the four trained vertices around it).
 
 Table 2: forward + backward throughput (points/s) on 2^18 random points of the hash
 grid (16 levels, T = 2^19) alone, of its whole field (grid + MLP 64x2), and of the
@@ -162,8 +163,7 @@ def sdf_table(args: argparse.Namespace) -> None:
 def bilinear_baseline(image: Path) -> float:
     """Held-out PSNR of bilinear interpolation of the training pixels (paper split): each
     test pixel (2i+1, 2j+1) is the mean of its four diagonal training neighbours (edge
-    pixels repeated). A grid whose finest trained level sits on the training lattice
-    predicts held-out pixels by this interpolation plus what its coarser levels add."""
+    pixels repeated): the reference for grid levels whose vertices are the training pixels."""
     import imageio.v3 as iio
     import numpy as np
 
