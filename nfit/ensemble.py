@@ -243,10 +243,13 @@ def train_ensemble(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *,
         f.to(device)
     net = StackedMLP([f.network for f in fields]).to(device)  # type: ignore[misc]
     k = len(fields)
-    # Points per member in each scoring chunk. On the CPU the K members' activations stay
-    # about as small as a single fit's 8192-row slice: chunks K times larger measured
-    # 1.6-1.9x slower final scoring for K = 8 (fresh large allocations are page-faulted).
-    chunk = max(256, CPU_STEP_CHUNK // k) if device.type == "cpu" else max(1024, EVAL_CHUNK // k)
+    # Points per member in each training slice and scoring chunk. On the CPU the K members'
+    # activations stay about as small as a single fit's 8192-row slice (CPU_STEP_CHUNK in
+    # nfit.fit): scoring chunks K times larger measured 1.6-1.9x slower for K = 8 (fresh
+    # large allocations are page-faulted). A GPU trains on the whole batch at once.
+    cpu_rows = max(512, CPU_STEP_CHUNK // k)
+    chunk = cpu_rows if device.type == "cpu" else max(1024, EVAL_CHUNK // k)
+    step_chunk = cpu_rows if device.type == "cpu" else 1 << 62
 
     # One generator per distinct seed, seeded as a single fit seeds its own.
     distinct = sorted(set(int(s) for s in seeds))
@@ -286,9 +289,6 @@ def train_ensemble(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *,
             row["time"] = elapsed
             hist.append(row)
 
-    # On the CPU the K members' activations for a slice of points stay about as small as a
-    # single fit's 8192-row slice (see CPU_STEP_CHUNK in nfit.fit).
-    step_chunk = max(512, CPU_STEP_CHUNK // k) if device.type == "cpu" else 1 << 62
     # Full batch: cut the cached (K, N, F) features into contiguous slices once. A slice
     # taken along N each step is strided per member, and bmm copies it to contiguous
     # memory in the forward and again in the backward.

@@ -235,6 +235,12 @@ class MultiResolutionGrid(Encoding):
         lo, hi = self.bounds
         return ((coords.float() - lo) / (hi - lo)).clamp(0.0, 1.0)
 
+    def cells(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (n, d) in [0, 1]^d -> its position in every level's grid units (n, L, d) and
+        the integer origin of its cell (n, L, d) int64. x = 1 falls in the last cell."""
+        pos = x[:, None, :] * self._res[None, :, None]
+        return pos, torch.minimum(pos.floor().long(), (self._res_int - 1)[None, :, None])
+
     def cell_geometry(self, x: torch.Tensor, with_offsets: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Indices, d-linear weights and vertex offsets of every corner at every level.
@@ -246,9 +252,7 @@ class MultiResolutionGrid(Encoding):
         Per-axis pieces (two values per axis: the lower and upper vertex) are combined
         across axes by broadcasting, so no (n, L, 2^d, d) integer tensor is formed.
         """
-        pos = x[:, None, :] * self._res[None, :, None]                       # (n, L, d)
-        # Clamp so x = 1 falls in the last cell (weight 1 on its far vertex).
-        cell = torch.minimum(pos.floor().long(), (self._res_int - 1)[None, :, None])
+        pos, cell = self.cells(x)
         frac = pos - cell.to(pos.dtype)                                        # (n, L, d)
         two = torch.arange(2, device=x.device)
         weight: torch.Tensor | None = None
@@ -512,8 +516,7 @@ class MulFAGrid(MultiResolutionGrid):
         coordinates). Eq. (8): the kernel's values over the cell's corners are divided by
         their sum; a sum within ``PAPER_EPS`` of zero is held at +-PAPER_EPS.
         """
-        pos = x[:, None, :] * self._res[None, :, None]                        # (n, L, d)
-        cell = torch.minimum(pos.floor().long(), (self._res_int - 1)[None, :, None])
+        pos, cell = self.cells(x)                                             # (n, L, d)
         vertex = (cell[:, :, None, :] + self._corners[None, None]).to(pos.dtype)  # (n, L, C, d)
         angles = pos[..., None] * self._octaves                                # (n, L, d, K)
         z = torch.cat([torch.sin(angles), torch.cos(angles)], -1).flatten(-2)   # (n, L, 2dK)

@@ -54,7 +54,7 @@ Omega0 = Annotated[float | None, typer.Option("--omega0", help="siren: frequency
 def grid_flags(levels: int | None, log2_table: int | None, features_per_level: int | None,
                base_resolution: int | None, finest_resolution: int | None,
                kernel_width: int | None, kernel_layers: int | None, frequencies: int | None,
-               omega0: float | None, kernel_form: str | None = None) -> dict[str, Any]:
+               omega0: float | None, kernel_form: str | None) -> dict[str, Any]:
     """The grid/SIREN options as flags for ``merge_config`` (None = not given)."""
     return dict(levels=levels, log2_table=log2_table, features_per_level=features_per_level,
                 base_resolution=base_resolution, finest_resolution=finest_resolution,
