@@ -25,8 +25,8 @@ from torch import nn
 from nfit.api import build_task_field, prepare_task
 from nfit.config import FitConfig
 from nfit.device import resolve_device, resolve_precision
-from nfit.fit import fit
 from nfit.metrics import psnr
+from nfit.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 

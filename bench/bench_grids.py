@@ -140,7 +140,8 @@ def main() -> int:
 def sdf_table(args: argparse.Namespace) -> None:
     import tempfile
 
-    from nfit.api import fit_file
+    from nfit.api import run
+    from nfit.spec import FitSpec
 
     steps = args.sdf_steps
     print(f"\nnfit sdf, {steps} steps, resolution 128, precision {args.precision}, "
@@ -153,7 +154,7 @@ def sdf_table(args: argparse.Namespace) -> None:
                                     "device": "cpu", "precision": args.precision,
                                     "resolution": 128})
             with tempfile.TemporaryDirectory() as tmp:
-                report = fit_file("sdf", MESHES / f"{mesh}.obj", cfg, Path(tmp) / "run")
+                report = run(FitSpec.of("sdf", MESHES / f"{mesh}.obj", cfg, out=str(Path(tmp) / "run")))
             r = report["test"]
             print(f"{mesh:15s} {name:10s} {r['iou_uniform']:9.3f} {r['iou_near_surface']:9.3f} "
                   f"{r['chamfer']:9.4f} {report['wall_time_s']:7.0f} {report['parameters']:10d}",

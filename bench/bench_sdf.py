@@ -56,8 +56,9 @@ def bench_distance(n: int) -> None:
 
 
 def bench_fit(steps: int, quick: bool) -> None:
-    from nfit.api import fit_file
+    from nfit.api import run
     from nfit.config import FitConfig
+    from nfit.spec import FitSpec
 
     print(f"\nshort fits ({steps} steps, sigma 2, 256 features, width 256, depth 4, resolution 128)")
     print(f"{'mesh':12s} {'target':10s} {'IoU unif':>9s} {'IoU near':>9s} {'Chamfer':>9s} "
@@ -65,12 +66,12 @@ def bench_fit(steps: int, quick: bool) -> None:
     for name in ("spot", "teapot"):
         for target in ("sdf", "occupancy"):
             cfg = FitConfig(sigma=2.0, steps=steps, eval_every=max(steps // 4, 1),
-                            extra={"target": target, "resolution": 128,
+                            **{"target": target, "resolution": 128,
                                    "pool": 50_000 if quick else 200_000,
                                    "metric_points": 50_000})
             with tempfile.TemporaryDirectory() as tmp:
                 t = time.perf_counter()
-                r = fit_file("sdf", DATA / f"{name}.obj", cfg, Path(tmp) / "run")["test"]
+                r = run(FitSpec.of("sdf", DATA / f"{name}.obj", cfg, out=str(Path(tmp) / "run")))["test"]
                 wall = time.perf_counter() - t
             print(f"{name:12s} {target:10s} {r['iou_uniform']:9.3f} {r['iou_near_surface']:9.3f} "
                   f"{r['chamfer']:9.4f} {r['fscore_1pct']:6.3f} {r['normal_consistency']:6.3f} "

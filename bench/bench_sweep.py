@@ -28,9 +28,8 @@ import torch
 from nfit.api import build_task_field, prepare_task
 from nfit.config import FitConfig
 from nfit.device import resolve_precision
-from nfit.ensemble import train_ensemble
-from nfit.fit import fit
 from nfit.sweep import parse_sigmas, run_sweep
+from nfit.train import fit, train
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "samples" / "kodim23.png"
@@ -126,7 +125,7 @@ def steady_state(task, base: FitConfig, members, precision: str, steps: int, rou
         single = step_seconds(lambda hook: fit(build_task_field(task, one_cfg), task.problem, one_cfg,
                                                device=device, precision=precision, on_step=hook))
         fields = [build_task_field(task, replace(ens_cfg, sigma=s, seed=seed)) for s, seed in members]
-        batched = step_seconds(lambda hook, fields=fields: train_ensemble(
+        batched = step_seconds(lambda hook, fields=fields: train(
             fields, task.problem, ens_cfg, seeds=[seed for _, seed in members], device=device,
             precision=precision, on_step=hook))
         ratios.append(k * single / batched)

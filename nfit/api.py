@@ -1,14 +1,23 @@
-"""The library entry points the CLI calls; a Python user can call them directly.
+"""The one door: ``run(spec)`` does what the matching nfit command does, for any caller.
 
-    from nfit.api import fit_file
-    report = fit_file("image", "photo.png", FitConfig(encoding="gauss", sigma=10), "runs/photo")
+    from nfit.api import run
+    from nfit.spec import FitSpec
+    report = run(FitSpec(kind="image", input="photo.png", options={"sigma": 10}))
+
+The CLI builds a spec from its flags and calls ``run``; a Python user, a Makefile or a
+remote worker gets the same behaviour from the same spec: the output-directory policy,
+resume, the memory guard, SIGINT/SIGTERM state (``nfit.job``), every output and the
+report, which ``run`` returns (with "out" set to the directory written).
+
+Progress goes to a ``Reporter`` (silent by default; the CLI's draws rich progress bars).
 """
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,39 +26,67 @@ import yaml
 
 from nfit import __version__
 from nfit.checkpoint import save_checkpoint
-from nfit.config import FitConfig
+from nfit.config import FitConfig, merge_config
 from nfit.device import resolve_device, resolve_precision
-from nfit.field import Field, build_field
-from nfit.fit import FitResult, FitState, StepHook, fit
-from nfit.io import atomic_write_json, atomic_write_text
-from nfit.signals import Task, signal_kind
+from nfit.errors import DataError, DivergenceError, UsageError
+from nfit.io import atomic_write_json, atomic_write_text, resolve_out_dir
+from nfit.job import (
+    REPORT_FILE,
+    Checkpointer,
+    check_finite,
+    check_out_dir_state,
+    check_same_job,
+    deferred_signals,
+    find_resumable,
+    resume_state_of,
+)
+from nfit.memory import guard_memory
+from nfit.problem import FitResult, FitState, StepHook
+from nfit.resume import RESUME_FILE, file_sha256, load_resume, read_resume_header
+from nfit.signals import Task, build_task_field, signal_kind
+from nfit.spec import FitSpec, JobSpec, KernelSpec, SweepSpec
+from nfit.train import fit
+
+__all__ = ["Reporter", "build_task_field", "fit_task", "prepare_task", "run", "versions",
+           "write_results"]
 
 
-def build_task_field(task: Task, cfg: FitConfig) -> Field:
-    """The field for a task, its weights drawn from ``cfg.seed``."""
-    torch.manual_seed(int(cfg.seed))
-    encoding = cfg.encoding_spec()
-    if "domain" in task.meta:
-        # Grid encodings cover the signal's domain ([lo, hi] per axis; default [0, 1]).
-        encoding.setdefault("bounds", list(task.meta["domain"]))
-    return build_field({"in_dim": task.in_dim, "out_dim": task.out_dim,
-                        "encoding": encoding, "network": cfg.network_spec(task.output)})
+class Reporter:
+    """Where a job's progress goes. This one says nothing; override what you want to see."""
+
+    @contextlib.contextmanager
+    def fit(self, total: int, metric: str) -> Iterator[Callable[[dict[str, float]], None] | None]:
+        """Around a fit of ``total`` steps: yields the ``on_eval(row)`` callback, or None."""
+        yield None
+
+    def group(self, label: str, steps: int) -> Callable[[int], None] | None:
+        """A sweep's stack starts: returns the per-step ``tick(step)``, or None."""
+        return None
+
+    def note(self, text: str) -> None:
+        """Something the user should know that is not an error."""
+
+    def study(self, study: Any) -> None:
+        """One encoding's kernel study is done."""
 
 
 def versions() -> dict[str, str]:
     return {"nfit": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+def prepare_task(kind: str, path: str | Path, cfg: FitConfig) -> Task:
+    """Load ``path`` as a signal of ``kind`` and build its fitting problem."""
+    return signal_kind(kind).prepare(Path(path), cfg.validate())
+
+
 def fit_task(task: Task, cfg: FitConfig,
              on_eval: Callable[[dict[str, float]], None] | None = None,
              start: FitState | None = None, on_step: StepHook | None = None) -> FitResult:
-    """Build the task's field and fit it; ``start``/``on_step`` resume and checkpoint
-    (see nfit/job.py, which the CLI uses)."""
+    """Build the task's field and fit it (no files: ``run`` writes them)."""
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    fld = build_task_field(task, cfg)
-    return fit(fld, task.problem, cfg, device=device, precision=precision, on_eval=on_eval,
-               start=start, on_step=on_step)
+    return fit(build_task_field(task, cfg), task.problem, cfg, device=device,
+               precision=precision, on_eval=on_eval, start=start, on_step=on_step)
 
 
 def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,
@@ -67,6 +104,7 @@ def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,
         "parameters": result.field.parameter_count(),
         "device": result.device,
         "precision": result.precision,
+        "objective": task.problem.objective.to_dict(),
         "config": cfg.to_dict(),
         "versions": versions(),
     }
@@ -85,30 +123,162 @@ def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     report["files"] = sorted(set(report.get("files", [])) |
                              {"model.safetensors", "config.yaml", "report.json"})
-    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_json(out_dir / REPORT_FILE, report)
     return report
 
 
-def prepare_task(kind: str, path: str | Path, cfg: FitConfig) -> Task:
-    """Load ``path`` as a signal of ``kind`` and build its fitting problem."""
-    return signal_kind(kind).prepare(Path(path), cfg.validate())
+def run(spec: JobSpec, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run a fit, sweep or kernel spec; returns its report (with "out")."""
+    reporter = reporter or Reporter()
+    if isinstance(spec, FitSpec):
+        return _run_fit(spec, reporter)
+    if isinstance(spec, SweepSpec):
+        return _run_sweep(spec, reporter)
+    if isinstance(spec, KernelSpec):
+        return _run_kernel(spec, reporter)
+    raise UsageError(f"not a job spec: {type(spec).__name__}")
 
 
-def fit_file(kind: str, path: str | Path, cfg: FitConfig, out_dir: str | Path,
-             on_eval: Callable[[dict[str, float]], None] | None = None,
-             task: Task | None = None) -> dict[str, Any]:
-    """Load ``path`` as a signal of ``kind``, fit it, write the outputs, return the report.
+def resume_spec(directory: str | Path, checkpoint_every: int | None = None,
+                max_memory: str | None = None) -> FitSpec:
+    """The spec that continues the unfinished fit in ``directory`` (``nfit resume``)."""
+    state = resume_state_of(Path(directory))
+    if state is None:
+        raise UsageError(f"{directory}: no unfinished fit here ({RESUME_FILE} not found)")
+    job, _, _ = read_resume_header(state)
+    source = Path(job.get("source", ""))
+    if not source.is_file():
+        raise DataError(f"{state}: the fit's input {source} no longer exists")
+    every = job.get("checkpoint_every", 0) if checkpoint_every is None else checkpoint_every
+    options = {k: v for k, v in job["config"].items() if v is not None}
+    return FitSpec(kind=job["kind"], input=str(source), options=options, out=str(directory),
+                   resume=True, checkpoint_every=int(every), max_memory=max_memory)
 
-    Nothing is written before the fit has succeeded; on failure a partially created
-    ``out_dir`` that did not exist before is removed.
-    """
-    out_dir = Path(out_dir)
-    task = task or prepare_task(kind, path, cfg)
-    result = fit_task(task, cfg, on_eval)
+
+def _run_fit(spec: FitSpec, reporter: Reporter) -> dict[str, Any]:
+    """Fit with the guarantees of ``nfit.job``: nothing written before the fit succeeds
+    (only the resume state), every output atomic, report.json last."""
+    cfg = spec.config()
+    path = Path(spec.input)
+    if spec.checkpoint_every < 0:
+        raise UsageError(f"--checkpoint-every must be 0 (off) or positive, got {spec.checkpoint_every}")
+    out = Path(spec.out) if spec.out is not None else None
+    if spec.resume and out is None:
+        out = find_resumable(spec.default_out)
+    state_path = resume_state_of(out) if out is not None and out.is_dir() else None
+    if out is not None and out.is_dir():
+        check_out_dir_state(out, state_path, spec.resume, spec.force)
+    if spec.resume and state_path is not None:
+        assert out is not None
+        out_dir = out
+        job, _, _ = read_resume_header(state_path)
+        check_same_job(state_path, job, spec.kind, cfg, path)
+    else:
+        out_dir = resolve_out_dir(out, spec.default_out, spec.force)
+        state_path = None
+    task = prepare_task(spec.kind, path, cfg)
+    check_finite(task, path)
+    guard_memory(task, cfg, spec.max_memory)
+    start: FitState | None = None
+    if state_path is not None:
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in build_task_field(task, cfg).state_dict().items()}
+        start = load_resume(state_path, shapes)
+    elif out_dir.exists():
+        # Starting over (--force): the old completion marker and resume state go first,
+        # so the directory never pairs a new fit's state with an old fit's report.
+        (out_dir / REPORT_FILE).unlink(missing_ok=True)
+        (out_dir / RESUME_FILE).unlink(missing_ok=True)
     existed = out_dir.exists()
+    if existed:
+        # Temporary files of a killed atomic write (never a target's name): safe to drop.
+        for stale in out_dir.glob(".*.tmp*"):
+            stale.unlink(missing_ok=True)
+    job = {"kind": spec.kind, "source": str(path.resolve()), "source_sha256": file_sha256(path),
+           "config": cfg.to_dict(), "checkpoint_every": spec.checkpoint_every}
+    with deferred_signals() as flag, reporter.fit(cfg.steps, task.problem.metric_name) as on_eval:
+        hook = Checkpointer(out_dir, job, spec.checkpoint_every, cfg.steps, flag)
+        try:
+            result = fit_task(task, cfg, on_eval, start=start, on_step=hook)
+        except DivergenceError as exc:
+            kept = resume_state_of(out_dir)
+            if kept is not None:
+                step = hook.saved_step if hook.saved_step is not None else (start.step if start else 0)
+                raise DivergenceError(f"{exc}; the last good state (step {step}) is kept in "
+                                      f"{kept}") from None
+            raise
     try:
-        return write_results(kind, task, cfg, result, out_dir)
+        report = write_results(spec.kind, task, cfg, result, out_dir)
     except BaseException:
-        if not existed:
+        if not existed and hook.saved_step is None:
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
+    (out_dir / RESUME_FILE).unlink(missing_ok=True)
+    report["out"] = str(out_dir)
+    return report
+
+
+def _run_sweep(spec: SweepSpec, reporter: Reporter) -> dict[str, Any]:
+    from nfit.sweep import parse_encodings, parse_sigmas, run_sweep, write_sweep
+
+    signal_kind(spec.kind)
+    for key, instead in (("encoding", "encodings"), ("sigma", "sigmas")):
+        if key in spec.options:
+            raise UsageError(f"a sweep takes its {key} list from {instead!r}, not options[{key!r}]")
+    encodings = parse_encodings(spec.encodings)
+    sigma_spec = parse_sigmas(spec.sigmas)
+    if spec.memory is not None and not spec.memory > 0:
+        raise UsageError(f"--memory must be a positive number of GiB, got {spec.memory}")
+    # Each encoding's members get the settings `nfit KIND --encoding E` would give them
+    # under the same options (a grid's small MLP and lr), so one shared base is not forced
+    # on encodings whose defaults differ.
+    per_encoding = {e: merge_config({}, {**spec.options, "encoding": e}, kind=spec.kind,
+                                    where="the sweep's options", encodings=encodings)
+                    for e in encodings}
+    cfg = per_encoding[encodings[0]]
+    out_dir = resolve_out_dir(Path(spec.out) if spec.out else None, spec.default_out, spec.force)
+    task = prepare_task(spec.kind, spec.input, cfg)
+    result = run_sweep(task, cfg, encodings, sigma_spec, spec.seeds, rounds=spec.rounds,
+                       memory=int(spec.memory * 2**30) if spec.memory is not None else None,
+                       on_group=reporter.group, on_note=reporter.note, configs=per_encoding)
+    return write_sweep(spec.kind, task, cfg, result, out_dir)
+
+
+def _run_kernel(spec: KernelSpec, reporter: Reporter) -> dict[str, Any]:
+    from nfit.analysis.run import kernel_file
+    from nfit.analysis.study import KernelOptions
+
+    signal_kind(spec.kind)
+    base = spec.config()
+    # the options or a model (--model sum implies densegrid) may choose the encoding
+    chosen = "encoding" in spec.options or "model" in spec.options
+    names = _encoding_list(spec.encodings or (base.encoding if chosen else None), spec.compare)
+    cfgs = [spec.config(encoding=n) for n in names]
+    lr = None if spec.lr.strip().lower() == "auto" else _number("--lr", spec.lr)
+    opts = KernelOptions(points=spec.points, test_points=spec.test_points, steps=spec.steps, lr=lr,
+                         eval_every=spec.eval_every, ridge=spec.ridge).validate()
+    out_dir = resolve_out_dir(Path(spec.out) if spec.out else None, spec.default_out, spec.force)
+    report = kernel_file(spec.kind, spec.input, cfgs, opts, out_dir, on_encoding=reporter.study)
+    report["out"] = str(out_dir)
+    return report
+
+
+KERNEL_COMPARE = ("none", "basic", "posenc", "gauss")
+
+
+def _encoding_list(text: str | None, compare: bool) -> list[str]:
+    names = [n.strip() for n in (text or "gauss").split(",") if n.strip()]
+    if not names:
+        raise UsageError("--encoding needs at least one name")
+    if len(set(names)) != len(names):
+        raise UsageError(f"--encoding lists a name twice: {text}")
+    if compare and len(names) == 1:
+        names = [n for n in KERNEL_COMPARE if n != names[0]] + names
+    return names
+
+
+def _number(flag: str, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{flag} must be a number or 'auto', got {text!r}") from None

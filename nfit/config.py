@@ -1,9 +1,25 @@
-"""The fit configuration: defaults (Tancik et al. 2020), YAML files and flags merged in that order."""
+"""Every fit option, defined once: typed fields whose docstrings are the ``--help`` text.
+
+Values come, in order, from the defaults (Tancik et al. 2020), the signal kind's own
+defaults (``SignalKind.defaults``: sdf sigma 2, its batch), what the chosen model and
+encoding imply (``defaults`` in their registries: a grid's small MLP, SIREN's lr), a YAML
+file, and the flags or spec entries given. An unknown key anywhere is a usage error that
+names the closest valid one; an option that applies to nothing in the job (``--levels``
+with a Fourier encoding, ``--target`` on an image) is one too.
+
+Options of a group (``metadata["group"]``) are read only by what that group names: grid
+encodings read theirs through ``encoding_spec``, SIREN through ``network_spec``, the mesh
+kind through ``nfit.signals.mesh.mesh_options``. ``None`` means "that reader's default".
+"""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import inspect
 import math
+import textwrap
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,26 +32,30 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "tf32")
 
 
+def _group(name: str, cli: bool = True) -> dict[str, Any]:
+    return {"group": name, "cli": cli}
+
+
 @dataclass
 class FitConfig:
     """Everything that decides a fit's result. Written as ``config.yaml`` next to the results."""
 
     encoding: str = "gauss"
-    """input encoding (see `nfit encodings`)"""
+    """input encoding: none, basic, posenc, gauss, laplace, uniform, loguniform, hashgrid, densegrid, mulfagrid (see `nfit encodings`)"""
     sigma: float = 10.0
     """bandwidth: the scale of the encoding's frequencies"""
     features: int = 256
-    """number of Fourier frequencies m (output is 2m features)"""
+    """number of Fourier frequencies m (the encoding gives 2m features)"""
     model: str = "mlp"
-    """network type"""
+    """network: mlp, siren or sum (siren implies --encoding none; sum, the grid's features summed, implies --encoding densegrid)"""
     width: int = 256
-    """hidden width of the network"""
+    """hidden width of the network (64 after a grid encoding)"""
     depth: int = 4
-    """number of linear layers"""
+    """number of linear layers (3 after a grid encoding, 5 for siren)"""
     steps: int = 2000
     """optimisation steps"""
     lr: float = 1e-3
-    """Adam learning rate"""
+    """Adam learning rate (1e-2 for grid encodings, 1e-4 for siren)"""
     seed: int = 0
     """seed for weights, frequencies and sampling"""
     device: str = "auto"
@@ -43,25 +63,72 @@ class FitConfig:
     precision: str = "auto"
     """auto, fp32, bf16 or tf32"""
     split: str = "paper"
-    """paper, all or random[:F]"""
+    """paper (train [::2,::2], test [1::2,1::2], validation [::2,1::2]), all, or random[:F]"""
     batch: int = 0
-    """points per step; 0 = full batch"""
+    """points per step; 0 = the kind's default (images: the full batch)"""
     eval_every: int = 25
-    """steps between evaluations of the held-out PSNR"""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """signal- or model-specific settings"""
+    """steps between evaluations of the held-out sets"""
+
+    levels: int | None = field(default=None, metadata=_group("grid"))
+    """grid levels L (hashgrid 16, densegrid/mulfagrid 8)"""
+    log2_table: int | None = field(default=None, metadata=_group("grid"))
+    """hash table size T = 2^N per level (hashgrid 19)"""
+    features_per_level: int | None = field(default=None, metadata=_group("grid"))
+    """grid features F per level (default 2)"""
+    base_resolution: int | None = field(default=None, metadata=_group("grid"))
+    """coarsest grid resolution N_min (default 16)"""
+    finest_resolution: int | None = field(default=None, metadata=_group("grid"))
+    """finest grid resolution N_max (hashgrid 512, densegrid/mulfagrid 256)"""
+    kernel_width: int | None = field(default=None, metadata=_group("grid"))
+    """mulfagrid: hidden width of the kernel's filter network (default 16)"""
+    kernel_layers: int | None = field(default=None, metadata=_group("grid"))
+    """mulfagrid: multiplicative filter layers (default 2)"""
+    frequencies: int | None = field(default=None, metadata=_group("grid"))
+    """mulfagrid: Fourier octaves fed to the kernel (default 4)"""
+    kernel_form: str | None = field(default=None, metadata=_group("grid"))
+    """mulfagrid: offset (default: the kernel reads the offset to each vertex and scales the d-linear weight) or paper (Eqs. 6-8 as published)"""
+    omega0: float | None = field(default=None, metadata=_group("siren"))
+    """siren: frequency factor omega0 of the sine layers (default 30)"""
+
+    target: str | None = field(default=None, metadata=_group("mesh"))
+    """sdf: sdf (signed distance, MSE) or occupancy (inside/outside, cross-entropy) (default sdf)"""
+    resolution: int | None = field(default=None, metadata=_group("mesh"))
+    """sdf: marching-cubes grid per axis for recon.ply (default 256)"""
+    clamp: float | None = field(default=None, metadata=_group("mesh"))
+    """sdf: fit the truncated distance clamp(s, -C, C) in [-1,1]^3 units; 0 = off (default 0)"""
+    pool: int | None = field(default=None, metadata=_group("mesh"))
+    """sdf: labelled points drawn once; each step samples --batch of them (default 200000)"""
+    mix: list[float] | None = field(default=None, metadata=_group("mesh", cli=False))
+    """sdf: pool fractions [fine, coarse, uniform] (default [0.4, 0.4, 0.2])"""
+    jitter: list[float] | None = field(default=None, metadata=_group("mesh", cli=False))
+    """sdf: surface jitter scales [fine, coarse] (default [0.01, 0.1])"""
+    eval_points: int | None = field(default=None, metadata=_group("mesh", cli=False))
+    """sdf: points of each held-out set scored during training (default 20000)"""
+    metric_points: int | None = field(default=None, metadata=_group("mesh", cli=False))
+    """sdf: points of the final IoU, Chamfer and F-score (default 100000)"""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def given(self, group: str) -> dict[str, Any]:
+        """The options of ``group`` that are set (not None)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.metadata.get("group") == group and getattr(self, f.name) is not None}
+
     def encoding_spec(self) -> dict[str, Any]:
-        """The encoding's spec; its own parameters (grid --levels, ...) come from ``extra``."""
-        return {**_own_params("encoding", self.encoding, self.extra),
+        """The encoding's spec: the shared options and the grid options it declares."""
+        from nfit.encodings import ENCODINGS
+
+        own = getattr(ENCODINGS.get(self.encoding), "params", ())
+        return {**{k: v for k, v in self.given("grid").items() if k in own},
                 "type": self.encoding, "sigma": self.sigma, "features": self.features,
                 "seed": self.seed}
 
     def network_spec(self, output: str = "sigmoid") -> dict[str, Any]:
-        return {**_own_params("network", self.model, self.extra),
+        from nfit.networks import NETWORKS
+
+        own = getattr(NETWORKS.get(self.model), "params", ())
+        return {**{k: v for k, v in self.given("siren").items() if k in own},
                 "type": self.model, "width": self.width, "depth": self.depth, "output": output}
 
     def validate(self) -> FitConfig:
@@ -81,7 +148,7 @@ class FitConfig:
         if self.features < 1 or self.width < 1 or self.depth < 1:
             raise UsageError("--features, --width and --depth must be at least 1")
         if self.batch < 0:
-            raise UsageError(f"--batch must be 0 (full batch) or positive, got {self.batch}")
+            raise UsageError(f"--batch must be 0 (the kind's default) or positive, got {self.batch}")
         if self.eval_every < 1:
             raise UsageError(f"--eval-every must be at least 1, got {self.eval_every}")
         if self.device not in DEVICES:
@@ -91,13 +158,33 @@ class FitConfig:
         return self
 
 
-def _own_params(registry: str, name: str, extra: dict[str, Any]) -> dict[str, Any]:
-    """The entries of ``extra`` that the named encoding or network declares in ``params``."""
-    from nfit.encodings import ENCODINGS
-    from nfit.networks import NETWORKS
+def option_help(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass (the string right after each field)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    found: dict[str, str] = {}
+    for prev, node in zip(body, body[1:], strict=False):
+        if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name)
+                and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)):
+            found[prev.target.id] = " ".join(node.value.value.split())
+    return found
 
-    cls = (ENCODINGS if registry == "encoding" else NETWORKS).get(name)
-    return {k: v for k, v in extra.items() if k in getattr(cls, "params", ())}
+
+OPTIONS = {f.name: f for f in fields(FitConfig)}
+
+
+def unknown_key(key: str, valid: list[str], where: str) -> UsageError:
+    """The usage error for an unknown option, naming the closest valid one."""
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid options: {', '.join(sorted(valid))}"
+    return UsageError(f"unknown option {key!r} in {where}{hint}")
+
+
+def check_keys(values: dict[str, Any], valid: list[str], where: str) -> None:
+    for key in values:
+        if key not in valid:
+            raise unknown_key(key, valid, where)
 
 
 def registry_defaults(values: dict[str, Any]) -> dict[str, Any]:
@@ -134,30 +221,63 @@ def load_yaml_config(path: Path | None) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"--config {path}: expected a mapping of option: value")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    values = {str(k).replace("-", "_"): v for k, v in data.items()}
+    check_keys(values, list(OPTIONS), f"--config {path}")
+    return values
 
 
-def merge_config(file_values: dict[str, Any], flags: dict[str, Any]) -> FitConfig:
-    """Defaults, then the YAML file, then flags that were given (not None)."""
-    known = {f.name: f for f in fields(FitConfig)}
-    values: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
+def _coerce(key: str, value: Any) -> Any:
+    default = OPTIONS[key].default
+    kind = type(default) if default is not None else {
+        "int": int, "float": float, "str": str}.get(str(OPTIONS[key].type).split(" ")[0])
+    if value is None:
+        return None
+    try:
+        if key in ("mix", "jitter"):
+            return [float(v) for v in value]
+        return kind(value) if kind is not None else value
+    except (TypeError, ValueError):
+        name = getattr(kind, "__name__", "a list")
+        raise UsageError(f"option {key!r}: cannot use {value!r} as {name}") from None
+
+
+def merge_config(file_values: dict[str, Any], flags: dict[str, Any], *,
+                 kind: str | None = None, where: str = "options",
+                 encodings: list[str] | None = None) -> FitConfig:
+    """Defaults, the kind's defaults, registry defaults, the YAML file, then the flags
+    that were given (not None). Unknown keys and options no part of the fit reads are
+    usage errors."""
+    given: dict[str, Any] = {}
     for source in (file_values, {k: v for k, v in flags.items() if v is not None}):
-        for key, value in source.items():
-            if key == "extra" and isinstance(value, dict):
-                extra.update(value)
-            elif key in known:
-                values[key] = value
-            else:
-                extra[key] = value
-    cfg = FitConfig()
+        check_keys(source, list(OPTIONS), where)
+        given.update(source)
+    values: dict[str, Any] = {}
+    if kind is not None:
+        from nfit.signals import signal_kind
+
+        values.update(signal_kind(kind).defaults)
+    values.update(given)
     values.update(registry_defaults(values))
-    for key, value in values.items():
-        default = getattr(cfg, key)
-        try:
-            value = type(default)(value) if not isinstance(default, dict) else value
-        except (TypeError, ValueError):
-            raise UsageError(f"option {key!r}: cannot use {value!r} as {type(default).__name__}") from None
-        setattr(cfg, key, value)
-    cfg.extra = extra
-    return cfg.validate()
+    cfg = FitConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    cfg.validate()
+    check_applicable(cfg, set(given), kind, encodings)
+    return cfg
+
+
+def check_applicable(cfg: FitConfig, given: set[str], kind: str | None,
+                     encodings: list[str] | None = None) -> None:
+    """Refuse an option that nothing in the job reads, so no option is silently ignored."""
+    from nfit.encodings import ENCODINGS
+    from nfit.networks import NETWORKS
+
+    names = encodings or [cfg.encoding]
+    for key in sorted(given):
+        group = OPTIONS[key].metadata.get("group")
+        if group == "grid" and not any(key in getattr(ENCODINGS.get(e), "params", ()) for e in names):
+            readers = [n for n, c in sorted(ENCODINGS.items()) if key in getattr(c, "params", ())]
+            raise UsageError(f"--{key.replace('_', '-')} applies to {', '.join(readers)} only, "
+                             f"not --encoding {','.join(names)}")
+        if group == "siren" and key not in getattr(NETWORKS.get(cfg.model), "params", ()):
+            raise UsageError(f"--{key.replace('_', '-')} applies to --model siren only")
+        if group == "mesh" and kind is not None and kind != "sdf":
+            raise UsageError(f"--{key.replace('_', '-')} applies to sdf fits only, not {kind}")

@@ -1,6 +1,6 @@
-"""Running a fit so that nothing is lost: the path every fitting command takes.
+"""What makes a job safe to run, stop and rerun; ``nfit.api.run`` puts it together.
 
-``fit_job`` adds to ``api.fit_task`` + ``api.write_results``, for every signal kind:
+For every signal kind:
 
 - checks before any output exists: targets and coordinates finite, memory estimate
   within what is available (``nfit.memory``);
@@ -19,7 +19,6 @@ and the resume state is removed.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -29,12 +28,10 @@ from typing import Any
 
 import torch
 
-from nfit.api import build_task_field, fit_task, prepare_task, write_results
 from nfit.config import FitConfig
-from nfit.errors import DataError, DivergenceError, Interrupted, UsageError
-from nfit.fit import FitState, PointSource
-from nfit.memory import guard_memory
-from nfit.resume import RESUME_FILE, file_sha256, load_resume, read_resume_header, save_resume
+from nfit.errors import DataError, Interrupted, UsageError
+from nfit.problem import FitState, PointSource
+from nfit.resume import RESUME_FILE, file_sha256, save_resume
 from nfit.signals import Task
 
 REPORT_FILE = "report.json"
@@ -128,9 +125,9 @@ def find_resumable(default: Path) -> Path | None:
     return found
 
 
-def check_out_dir_state(out_dir: Path, resume: bool, force: bool) -> None:
-    """A directory holding an unfinished fit needs --resume (continue) or --force (restart)."""
-    state = resume_state_of(out_dir)
+def check_out_dir_state(out_dir: Path, state: Path | None, resume: bool, force: bool) -> None:
+    """A directory holding an unfinished fit (``state``) needs --resume (continue) or
+    --force (restart)."""
     if resume and (out_dir / REPORT_FILE).exists() and state is None:
         raise UsageError(f"--resume: the fit in {out_dir} is already complete ({REPORT_FILE})")
     if state is not None and not resume and not force:
@@ -138,7 +135,7 @@ def check_out_dir_state(out_dir: Path, resume: bool, force: bool) -> None:
                          "--resume to continue it or --force to start over")
 
 
-def _check_same_job(state_path: Path, job: dict[str, Any], kind: str, cfg: FitConfig,
+def check_same_job(state_path: Path, job: dict[str, Any], kind: str, cfg: FitConfig,
                     source: Path) -> None:
     if job.get("kind") != kind:
         raise UsageError(f"--resume: {state_path} is a {job.get('kind')} fit, not {kind}")
@@ -151,64 +148,3 @@ def _check_same_job(state_path: Path, job: dict[str, Any], kind: str, cfg: FitCo
     if job.get("source_sha256") != file_sha256(source):
         raise DataError(f"--resume: {source} changed since the fit started; start over "
                         "with --force")
-
-
-def fit_job(kind: str, path: str | Path, cfg: FitConfig, out_dir: str | Path, *,
-            checkpoint_every: int = 0, resume: bool = False, max_memory: str | None = None,
-            on_eval: Callable[[dict[str, float]], None] | None = None,
-            task: Task | None = None) -> dict[str, Any]:
-    """Fit ``path`` as a ``kind`` signal into ``out_dir`` with the guarantees above.
-
-    The caller has checked ``out_dir`` (``io.resolve_out_dir``, ``check_out_dir_state``).
-    Returns the report; raises Interrupted, DivergenceError, DataError, UsageError.
-    """
-    path, out_dir = Path(path), Path(out_dir)
-    if checkpoint_every < 0:
-        raise UsageError(f"--checkpoint-every must be 0 (off) or positive, got {checkpoint_every}")
-    state_path = resume_state_of(out_dir)
-    if resume and state_path is not None:
-        job, _, _ = read_resume_header(state_path)
-        _check_same_job(state_path, job, kind, cfg, path)
-    task = task or prepare_task(kind, path, cfg)
-    check_finite(task, path)
-    guard_memory(task, cfg, max_memory)
-    start: FitState | None = None
-    if resume and state_path is not None:
-        with torch.device("meta"):
-            shapes = {k: tuple(v.shape)
-                      for k, v in build_task_field(task, cfg).state_dict().items()}
-        start = load_resume(state_path, shapes)
-    elif out_dir.exists():
-        # Starting over (--force): the old completion marker and resume state go first,
-        # so the directory never pairs a new fit's state with an old fit's report.
-        (out_dir / REPORT_FILE).unlink(missing_ok=True)
-        (out_dir / RESUME_FILE).unlink(missing_ok=True)
-
-    existed = out_dir.exists()
-    if existed:
-        # Temporary files of a killed atomic write (never a target's name): safe to drop.
-        for stale in out_dir.glob(".*.tmp*"):
-            stale.unlink(missing_ok=True)
-    job = {"kind": kind, "source": str(path.resolve()), "source_sha256": file_sha256(path),
-           "config": cfg.to_dict(), "checkpoint_every": checkpoint_every}
-    with deferred_signals() as flag:
-        hook = Checkpointer(out_dir, job, checkpoint_every, cfg.steps, flag)
-        try:
-            result = fit_task(task, cfg, on_eval, start=start, on_step=hook)
-        except DivergenceError as exc:
-            kept = resume_state_of(out_dir)
-            if kept is not None:
-                step = hook.saved_step
-                if step is None:
-                    step = start.step if start else 0
-                raise DivergenceError(f"{exc}; the last good state (step {step}) is kept in "
-                                      f"{kept}") from None
-            raise
-    try:
-        report = write_results(kind, task, cfg, result, out_dir)
-    except BaseException:
-        if not existed and hook.saved_step is None:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-    (out_dir / RESUME_FILE).unlink(missing_ok=True)
-    return report

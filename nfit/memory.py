@@ -1,22 +1,33 @@
-"""The memory guard: refuse, before any work, a fit that would not fit in memory.
+"""One memory model for every fit and every sweep member, and the guard built on it.
 
-The estimate (bytes, fp32 = 4 bytes a value; N points to train on, E held-out points,
-d input dims, C channels, F = encoding.out_dim, W width, D depth, B points per step,
-P trainable parameters):
+Bytes one member adds to a fit (fp32 = 4 bytes a value; s = 2 under bf16, else 4;
+P trainable parameters, F = encoding.out_dim, W width, D depth, C channels):
 
-    weights + gradient + two Adam moments   16 P
-    cached features (fixed encodings)       (N + E) F s      (s = 2 for bf16, else 4)
-    one step's activations and gradients    2 B (F + 2 W (D - 1) + C) 4
-    evaluation chunk                        2 min(E, 65536) (F + W) 4
+    parameters: the stacked copy, its gradient, two Adam moments,
+                and the field it is written back into                   20 P
+    cached inputs of fixed coordinates (training and held-out points):
+                fixed encodings F s, grids L 2^d (8 + 4) per point      (N + E) q
+    one step:   the points it draws (features or coordinates, targets)  B (F s + 2 C 4)
+                activations and gradients of the rows in flight         R (5 W (D - 1) + 2 F + 4 C) 4
+    evaluation: one chunk of features and hidden values                 R_e (F + 2 W) 4
 
-It counts only what the fit adds to the already loaded signal, and is compared with
-MemAvailable from /proc/meminfo (CPU) or the free memory of the GPU. ``--max-memory``
-sets the limit explicitly (``16G``, ``512M``) or turns the guard ``off``.
+B = the problem's points per step (``Problem.points_per_step``: the batch, a sampler's
+draw, or the full training set); R = the rows in flight at once, which on the CPU is the
+training slice (``nfit.train``: 8,192 rows over all members) and on a GPU the whole step;
+R_e the scoring chunk. Cached inputs above ``FEATURE_CACHE_BYTES`` are not cached.
+
+It counts only what the fit adds to the already loaded signal. The guard compares one
+member's estimate with MemAvailable from /proc/meminfo (CPU) or the GPU's free memory;
+``--max-memory`` sets the limit explicitly (``16G``, ``512M``) or turns the guard ``off``.
+Sweeps plan their stacks with the same per-member figure (``plan_groups``).
+``bench/bench_memory.py`` compares the estimate with measured peak RSS.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import torch
@@ -24,8 +35,9 @@ import torch
 from nfit.config import FitConfig
 from nfit.device import resolve_device, resolve_precision
 from nfit.errors import DataError, UsageError
-from nfit.fit import EVAL_CHUNK, FEATURE_CACHE_BYTES, PointSource
-from nfit.signals import Task
+from nfit.problem import PointSource, held_len
+from nfit.signals import Task, build_task_field
+from nfit.train import EVAL_SUBSET, FEATURE_CACHE_BYTES, slice_rows
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -56,29 +68,66 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def estimate_fit_bytes(task: Task, cfg: FitConfig, precision: str = "fp32") -> int:
-    """The estimate in the module docstring, from shapes only (the field is built on the
-    meta device, so even a huge configuration costs nothing to estimate)."""
-    from nfit.api import build_task_field
-
+def member_bytes(task: Task, cfg: FitConfig, precision: str = "fp32", *, k: int = 1,
+                 device: torch.device | None = None) -> int:
+    """The estimate in the module docstring for one member of a stack of ``k``, from shapes
+    only (the field is built on the meta device, so even a huge one costs nothing)."""
     with torch.device("meta"):
         fld = build_task_field(task, cfg)
+    device = device if device is not None else resolve_device(cfg.device)
+    s = 2 if precision == "bf16" else 4
     features = fld.encoding.out_dim
     params = sum(p.numel() for p in fld.parameters() if p.requires_grad)
-    learned_encoding = any(p.requires_grad for p in fld.encoding.parameters())
+    learned = any(p.requires_grad for p in fld.encoding.parameters())
     problem = task.problem
-    n_train = len(problem.train_x)
-    n_eval = sum(len(held) if isinstance(held, PointSource) else len(held[0])
-                 for held in problem.eval_sets.values())
-    batch = cfg.batch if 0 < cfg.batch < n_train else n_train
-    value_bytes = 2 if precision == "bf16" else 4
-    cache = (n_train + n_eval) * features * value_bytes
-    if learned_encoding or problem.sampler is not None or cache > FEATURE_CACHE_BYTES:
+    n_eval = sum(min(held_len(h), EVAL_SUBSET) if isinstance(h, PointSource) else held_len(h)
+                 for h in problem.eval_sets.values())
+    n_fixed = (len(problem.train_x) if problem.sampler is None else 0) + n_eval
+    if not learned:
+        per_point = features * s
+    elif type(fld.encoding).__name__ in ("HashGrid", "DenseGrid"):
+        per_point = getattr(fld.encoding, "levels", 1) * 2 ** task.in_dim * 12
+    else:
+        per_point = 0
+    cache = n_fixed * per_point
+    if cache * k > FEATURE_CACHE_BYTES:
         cache = 0
+    n_step = problem.points_per_step(cfg.batch)
+    in_flight = min(n_step, slice_rows(k, device)) if device.type == "cpu" else n_step
     width, depth, channels = cfg.width, cfg.depth, task.out_dim
-    step = 2 * batch * (features + 2 * width * max(depth - 1, 0) + channels) * 4
-    evaluation = 2 * min(n_eval, EVAL_CHUNK) * (features + width) * 4
-    return 16 * params + cache + step + evaluation
+    step = n_step * (features * s + 2 * channels * 4) + \
+        in_flight * (5 * width * max(depth - 1, 0) + 2 * features + 4 * channels) * 4
+    evaluation = slice_rows(k, device) * (features + 2 * width) * 4
+    return int(20 * params + cache + step + evaluation)
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes free for new work (``available_memory``), or 8 GiB where the device does not say."""
+    free = available_memory(device)
+    return free if free is not None else 8 << 30
+
+
+def plan_groups(shapes: Sequence[Hashable], per_member: Sequence[int], budget: int) -> list[list[int]]:
+    """Split members into as few stacks as memory allows.
+
+    shapes[k]: member k's stack key (members of different keys never share a stack);
+    per_member[k]: its estimated bytes (``member_bytes``); budget: bytes available.
+    Returns lists of member indices; each key's members are spread evenly over
+    ceil(n / cap) groups. Raises UsageError when a single member does not fit.
+    """
+    groups: list[list[int]] = []
+    for shape in dict.fromkeys(shapes):
+        members = [i for i, s in enumerate(shapes) if s == shape]
+        need = max(per_member[i] for i in members)
+        if need > budget:
+            raise UsageError(f"one sweep member needs about {need / 2**30:.2f} GiB but only "
+                             f"{budget / 2**30:.2f} GiB is available; lower --features or --width, "
+                             "or use --batch")
+        cap = max(1, budget // need)
+        n_groups = math.ceil(len(members) / cap)
+        size = math.ceil(len(members) / n_groups)
+        groups += [members[i:i + size] for i in range(0, len(members), size)]
+    return groups
 
 
 def _gib(n: int) -> str:
@@ -89,7 +138,7 @@ def guard_memory(task: Task, cfg: FitConfig, max_memory: str | None = None) -> i
     """Refuse (DataError naming --max-memory) a fit whose estimate exceeds the limit;
     return the estimate in bytes."""
     device = resolve_device(cfg.device)
-    estimate = estimate_fit_bytes(task, cfg, resolve_precision(cfg.precision, device))
+    estimate = member_bytes(task, cfg, resolve_precision(cfg.precision, device), device=device)
     if max_memory is not None:
         limit, source = parse_memory(max_memory), f"the --max-memory {max_memory} limit"
     else:

@@ -55,19 +55,26 @@ class MLP(nn.Module):
         dims = [in_dim] + [width] * (depth - 1) + [out_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
 
+    def activation(self, h: torch.Tensor) -> torch.Tensor:
+        """The hidden layers' nonlinearity (``nfit.stack.StackedNetwork`` applies it too)."""
+        return torch.relu(h)
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        """The output activation: sigmoid for values in [0, 1], else none."""
+        return torch.sigmoid(out) if self.output == "sigmoid" else out
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         h = features
         for layer in self.layers[:-1]:
-            h = torch.relu(layer(h))
-        out = self.layers[-1](h)
-        return torch.sigmoid(out) if self.output == "sigmoid" else out
+            h = self.activation(layer(h))
+        return self.finish(self.layers[-1](h))
 
     def spec(self) -> dict[str, Any]:
         return {"type": self.name, "width": self.width, "depth": self.depth, "output": self.output}
 
 
 @register("siren")
-class Siren(nn.Module):
+class Siren(MLP):
     """SIREN (Sitzmann et al. 2020): sine activations with their initialisation.
 
     Layer k computes h_k = sin(omega0 * (W_k h_{k-1} + b_k)) for the ``depth - 1`` hidden
@@ -88,17 +95,14 @@ class Siren(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 256, depth: int = 5,
                  output: str = "sigmoid", omega0: float = 30.0) -> None:
-        super().__init__()
         if depth < 2 or width < 1:
             raise UsageError(f"siren needs --depth >= 2 and --width >= 1 (got {depth}, {width})")
         if output not in OUTPUT_ACTIVATIONS:
             raise UsageError(f"unknown output activation {output!r}")
         if not (math.isfinite(omega0) and omega0 > 0):
             raise UsageError(f"--omega0 must be a positive number, got {omega0}")
-        self.in_dim, self.out_dim = in_dim, out_dim
-        self.width, self.depth, self.output, self.omega0 = width, depth, output, float(omega0)
-        dims = [in_dim] + [width] * (depth - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:], strict=True))
+        super().__init__(in_dim, out_dim, width=width, depth=depth, output=output)
+        self.omega0 = float(omega0)
         with torch.no_grad():
             for k, layer in enumerate(self.layers):
                 assert isinstance(layer, nn.Linear)
@@ -106,12 +110,8 @@ class Siren(nn.Module):
                 bound = 1.0 / fan_in if k == 0 else math.sqrt(6.0 / fan_in) / self.omega0
                 layer.weight.uniform_(-bound, bound)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        h = features
-        for layer in self.layers[:-1]:
-            h = torch.sin(self.omega0 * layer(h))
-        out = self.layers[-1](h)
-        return torch.sigmoid(out) if self.output == "sigmoid" else out
+    def activation(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.omega0 * h)
 
     def spec(self) -> dict[str, Any]:
         return {"type": self.name, "width": self.width, "depth": self.depth,

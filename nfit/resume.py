@@ -21,8 +21,8 @@ import torch
 from nfit import __version__
 from nfit.checkpoint import check_format, read_safetensors_header
 from nfit.errors import DataError
-from nfit.fit import FitState
 from nfit.io import atomic_path
+from nfit.problem import FitState
 
 RESUME_FILE = "resume.safetensors"
 FORMAT = "nfit-resume"

@@ -1,4 +1,4 @@
-"""Choosing the encoding and its bandwidth sigma on held-out data, with batched ensembles.
+"""Choosing the encoding and its bandwidth sigma on held-out data, with stacked members.
 
     from nfit.api import prepare_task
     from nfit.sweep import parse_sigmas, run_sweep, write_sweep
@@ -7,8 +7,9 @@
     write_sweep("image", task, cfg, result, Path("runs/photo-sweep"))
 
 Every (encoding, sigma, seed) member is a single fit's field (``nfit.api.build_task_field``
-with that encoding, sigma and seed); members of one network shape train together as one
-``nfit.ensemble.train_ensemble`` call, split into as few groups as memory allows.
+with that encoding, sigma and seed); members of one field shape train together as one
+stack (``nfit.train.train``: Fourier-feature MLPs, SIREN and grids alike), split into
+as few groups as memory allows.
 
 Selection is honest: a configuration (encoding, sigma) is chosen by its validation
 metric averaged over seeds (the ``val`` set, disjoint from training and test); its test
@@ -47,26 +48,20 @@ from nfit.api import build_task_field, write_results
 from nfit.config import FitConfig
 from nfit.device import resolve_device, resolve_precision
 from nfit.encodings import ENCODINGS, build_encoding, encoding_names
-from nfit.ensemble import (
-    ensemble_memory_budget,
-    final_sets,
-    member_bytes,
-    plan_groups,
-    score_sets,
-    train_ensemble,
-)
 from nfit.errors import DivergenceError, UsageError
 from nfit.field import Field
-from nfit.fit import EVAL_CHUNK, FitResult, fit, predict
 from nfit.io import atomic_write_bytes, atomic_write_json
-from nfit.networks import MLP
+from nfit.memory import member_bytes, memory_budget, plan_groups
+from nfit.problem import FitResult
 from nfit.signals import Task
+from nfit.stack import stack_key
+from nfit.train import train
 
 AUTO_COARSE = tuple(4.0 ** j for j in range(-2, 3))
 AUTO_START_FACTOR = 4.0
 AUTO_TOLERANCE = 1.25
 AUTO_ROUNDS = 4
-#: fraction of the free memory an ensemble may plan to use (estimates are rough)
+#: fraction of the free memory the stacks may plan to use (estimates are rough)
 MEMORY_FRACTION = 0.6
 
 OnGroup = Callable[[str, int], Callable[[int], None] | None]
@@ -220,114 +215,54 @@ def _check_member_config(task: Task, bases: Mapping[str, FitConfig],
                         "features": base.features, "seed": base.seed}, task.in_dim)
 
 
-def ensemble_ready(fld: Field) -> bool:
-    """Whether a member can share stacked weights: a fixed encoding read by nfit's MLP."""
-    return isinstance(fld.network, MLP) and not any(
-        p.requires_grad for p in fld.encoding.parameters())
-
-
 def _group_key(fld: Field, cfg: FitConfig) -> tuple[Any, ...]:
-    """Members share an ensemble only with the same feature count, network and schedule."""
-    return (fld.encoding.out_dim, cfg.width, cfg.depth, cfg.steps, cfg.lr, cfg.batch,
-            cfg.eval_every)
+    """Members share a stack only with one field shape (``nfit.stack.stack_key``) and one
+    schedule."""
+    return stack_key(fld) + (cfg.steps, cfg.lr, cfg.batch, cfg.eval_every)
 
 
 def train_members(task: Task, base: FitConfig | Mapping[str, FitConfig],
                   members: Sequence[Member], *, device: torch.device, precision: str,
                   memory: int | None = None, on_group: OnGroup | None = None,
-                  first_group: int = 0,
-                  on_note: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Train ``members`` in as few batched ensembles as memory allows; fill in their results.
+                  first_group: int = 0) -> list[dict[str, Any]]:
+    """Train ``members`` as stacks (``nfit.train.train``), as few as shapes and memory allow.
 
     base: the shared settings, or one FitConfig per encoding name. memory: bytes the
-    ensembles may use (default: a fraction of what is free now). Members whose field
-    cannot share stacked weights (a learned encoding: hashgrid, densegrid, mulfagrid; a
-    network other than the MLP: siren) are trained one after another by the single-fit
-    loop ``nfit.fit.fit``, each as a group of its own marked ``"mode": "sequential"``.
-    Returns one description per group (members, feature dimension, estimated bytes).
+    stacks may use (default: a fraction of what is free now). Every model family stacks:
+    Fourier-feature MLPs, SIREN and grids alike (``nfit.stack``). Returns one description
+    per group (members, feature dimension, estimated bytes, wall time).
     """
     problem = task.problem
     bases = {m.encoding: base if isinstance(base, FitConfig) else base[m.encoding]
              for m in members}
     cfgs = [m.config(bases[m.encoding]) for m in members]
     fields = [build_task_field(task, c) for c in cfgs]
-    batched = [i for i, f in enumerate(fields) if ensemble_ready(f)]
-    single = [i for i, f in enumerate(fields) if not ensemble_ready(f)]
+    keys = [_group_key(f, c) for f, c in zip(fields, cfgs, strict=True)]
+    per = [member_bytes(task, c, precision) for c in cfgs]
+    budget = memory if memory is not None else int(memory_budget(device) * MEMORY_FRACTION)
     described: list[dict[str, Any]] = []
-    g = first_group
-    select = task.selection_metric
-    if batched:
-        keys = [_group_key(fields[i], cfgs[i]) for i in batched]
-        n_train = len(problem.train_x)
-        per = []
-        for i in batched:
-            c = cfgs[i]
-            n_step = c.batch if 0 < c.batch < n_train else n_train
-            if problem.sampler is not None:
-                n_step = len(problem.sampler(0, torch.Generator().manual_seed(0))[0])
-            per.append(member_bytes(n_train=n_train, n_step=n_step,
-                                    feature_dim=fields[i].encoding.out_dim, width=c.width,
-                                    depth=c.depth, out_dim=task.out_dim, precision=precision,
-                                    cached=problem.sampler is None))
-        budget = memory if memory is not None else int(ensemble_memory_budget(device) * MEMORY_FRACTION)
-        for local in plan_groups(keys, per, budget):
-            idx = [batched[j] for j in local]
-            shared = cfgs[idx[0]]
-            dim = fields[idx[0]].encoding.out_dim
-            plural = "s" * (len(idx) != 1)
-            label = f"group {g + 1}: {len(idx)} member{plural}, {dim} features"
-            on_step = on_group(label, shared.steps) if on_group else None
-            result = train_ensemble([fields[i] for i in idx], problem, shared,
-                                    seeds=[members[i].seed for i in idx], device=device,
-                                    precision=precision, on_step=on_step, select=select)
-            for i, r in zip(idx, result.members, strict=False):
-                m = members[i]
-                m.group, m.field, m.history, m.metrics = g, fields[i], r.history, r.metrics
-                m.diverged, m.wall_time = r.diverged, result.wall_time
-            described.append({"group": g, "mode": "ensemble", "members": len(idx),
-                              "feature_dim": dim,
-                              "estimated_bytes": sum(per[j] for j in local),
-                              "budget_bytes": budget, "wall_time_s": result.wall_time,
-                              "member_steps_per_s": len(idx) * shared.steps / result.wall_time
-                              if result.wall_time > 0 else float("nan")})
-            g += 1
-    reasons: dict[str, list[int]] = {}
-    for i in single:
-        f = fields[i]
-        why = (f"encoding {members[i].encoding!r} has learned parameters"
-               if any(p.requires_grad for p in f.encoding.parameters())
-               else f"model {type(f.network).name!r} is not the MLP")  # type: ignore[attr-defined]
-        reasons.setdefault(why, []).append(i)
-    if on_note:
-        for why, idx in reasons.items():
-            on_note(f"{why}: its {len(idx)} member(s) cannot share stacked weights and train "
-                    "one after another with the single-fit loop")
-    why_of = {i: why for why, idx in reasons.items() for i in idx}
-    for i in single:
-        m, c, f = members[i], cfgs[i], fields[i]
-        sigma = "" if m.sigma is None else f" sigma {m.sigma:g}"
-        label = f"group {g + 1}: {m.encoding}{sigma} seed {m.seed} (sequential)"
-        tick = on_group(label, c.steps) if on_group else None
+    for g, idx in enumerate(plan_groups(keys, per, budget), start=first_group):
+        shared = cfgs[idx[0]]
+        fld = fields[idx[0]]
+        dim = fld.encoding.out_dim
+        plural = "s" * (len(idx) != 1)
+        label = f"group {g + 1}: {len(idx)} member{plural}, {fld.encoding.name}, {dim} features"
+        tick = on_group(label, shared.steps) if on_group else None
         hook = (lambda step, capture, tick=tick: tick(step)) if tick else None
-        m.group, m.field = g, f
-        try:
-            alone = fit(f, problem, c, device=device, precision=precision, on_step=hook)
-        except DivergenceError:
-            m.diverged, m.metrics = True, {}
-            wall = float("nan")
-        else:
-            def one(x: torch.Tensor, f: Field = f) -> torch.Tensor:
-                return predict(f, x)[None]
-
-            # the selection metric (IoU for meshes) and a pool's "train" score, as in ensembles
-            scored = score_sets(one, 1, final_sets(problem), problem.loss, chunk=EVAL_CHUNK,
-                                device=device, select=select)
-            m.history, m.metrics = alone.history, {**alone.metrics, **scored[0]}
-            m.wall_time = wall = alone.wall_time
-        described.append({"group": g, "mode": "sequential", "why": why_of[i], "members": 1,
-                          "feature_dim": f.encoding.out_dim, "wall_time_s": wall,
-                          "member_steps_per_s": c.steps / wall if wall > 0 else float("nan")})
-        g += 1
+        result = train([fields[i] for i in idx], problem, shared,
+                       seeds=[members[i].seed for i in idx], device=device,
+                       precision=precision, on_step=hook, stop_on_divergence=False)
+        for i, r in zip(idx, result.members, strict=True):
+            m = members[i]
+            m.group, m.field, m.history, m.metrics = g, fields[i], r.history, r.metrics
+            m.diverged, m.wall_time = r.diverged, result.wall_time
+        described.append({"group": g, "mode": "stacked", "members": len(idx),
+                          "encoding": fld.encoding.name,
+                          "model": type(fld.network).name,  # type: ignore[attr-defined]
+                          "feature_dim": dim, "estimated_bytes": sum(per[i] for i in idx),
+                          "budget_bytes": budget, "wall_time_s": result.wall_time,
+                          "member_steps_per_s": len(idx) * shared.steps / result.wall_time
+                          if result.wall_time > 0 else float("nan")})
     return described
 
 
@@ -382,14 +317,13 @@ def run_sweep(task: Task, base: FitConfig, encodings: Sequence[str], sigma: Sigm
               on_group: OnGroup | None = None,
               on_note: Callable[[str], None] | None = None,
               configs: Mapping[str, FitConfig] | None = None) -> SweepResult:
-    """Train every (encoding, sigma, seed) member as batched ensembles and choose on ``val``.
+    """Train every (encoding, sigma, seed) member as stacks and choose on ``val``.
 
     seeds: how many seeds per configuration (base.seed, base.seed + 1, ...).
     rounds: refinement rounds of ``auto`` after its coarse grid.
     configs: optional settings per encoding (default ``base`` for all), e.g. a grid's own
     small MLP and lr next to the Fourier-feature encodings' (the CLI passes what
-    ``nfit KIND --encoding E`` would use). Members with a learned encoding or a non-MLP
-    network train one after another with the single-fit loop (see ``train_members``).
+    ``nfit KIND --encoding E`` would use).
     Raises UsageError before training for bad options, DivergenceError if every member diverged.
     """
     problem = task.problem
@@ -405,7 +339,7 @@ def run_sweep(task: Task, base: FitConfig, encodings: Sequence[str], sigma: Sigm
     device = resolve_device(base.device)
     precision = resolve_precision(base.precision, device)
     # PSNR or accuracy, or the kind's own choice (IoU for meshes)
-    metric = task.selection_metric or problem.metric_name
+    metric = problem.objective.select
     seed_list = [base.seed + i for i in range(seeds)]
     notes: list[str] = []
     bases = {e: (configs or {}).get(e, base) for e in encodings}
@@ -430,7 +364,7 @@ def run_sweep(task: Task, base: FitConfig, encodings: Sequence[str], sigma: Sigm
 
     start_time = time.perf_counter()
     groups = train_members(task, bases, members, device=device, precision=precision,
-                           memory=memory, on_group=on_group, on_note=note)
+                           memory=memory, on_group=on_group)
     if auto is not None:
         sigma_encodings = [e for e in encodings if ENCODINGS[e].uses_sigma]
         factor = {e: AUTO_START_FACTOR for e in sigma_encodings}
@@ -461,8 +395,7 @@ def run_sweep(task: Task, base: FitConfig, encodings: Sequence[str], sigma: Sigm
                 break
             _check_member_config(task, bases, new)
             groups += train_members(task, bases, new, device=device, precision=precision,
-                                    memory=memory, on_group=on_group, first_group=len(groups),
-                                    on_note=note)
+                                    memory=memory, on_group=on_group, first_group=len(groups))
             members += new
             new_sigmas = sorted({float(m.sigma or 0.0) for m in new})
             auto["rounds"].append({"round": r, "sigmas": new_sigmas, "factor": dict(factor)})
@@ -579,8 +512,6 @@ def sweep_report(kind: str, task: Task, base: FitConfig, result: SweepResult) ->
         "configs": result.configs,
         "members": member_rows(result),
         "groups": result.groups,
-        "sequential_members": sum(g["members"] for g in result.groups
-                                  if g.get("mode") == "sequential"),
         "chosen_config": result.best_fit_config(base).to_dict(),
         "notes": result.notes,
         "auto": result.auto,

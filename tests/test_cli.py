@@ -12,6 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from nfit.cli import app
+from nfit.errors import UsageError
 
 runner = CliRunner()
 TINY = ["--sigma", "3", "--features", "16", "--width", "32", "--depth", "2", "--steps", "40", "--lr", "1e-2",
@@ -179,3 +180,55 @@ def test_python_dash_m_and_parser_errors_in_one_line(tiny_rgb: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("nfit: error:") and "--steps" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+# --- one door: specs, unknown keys ------------------------------------------------------
+
+
+def test_unknown_yaml_key_names_the_closest(tiny_rgb: Path, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("steps: 3\nlevls: 4\n")
+    out = tmp_path / "never"
+    result = run("image", str(tiny_rgb), "--config", str(config), "--out", str(out))
+    one_line_error(result, 2, "unknown option 'levls'")
+    assert "did you mean 'levels'" in result.stderr and not out.exists()
+
+
+def test_option_nothing_reads_is_refused(tiny_rgb: Path, tmp_path: Path) -> None:
+    one_line_error(run("image", str(tiny_rgb), *TINY, "--levels", "4", "--out", str(tmp_path / "o")),
+           2, "--levels applies to")
+
+
+def test_spec_json_runs_as_the_cli_does(tiny_rgb: Path, tmp_path: Path) -> None:
+    """A spec written to JSON, loaded and run gives the CLI's report for the same options."""
+    from nfit.api import run as run_spec
+    from nfit.spec import FitSpec, SweepSpec, load_spec, spec_from_dict
+
+    cli = run("image", str(tiny_rgb), *TINY, "--out", str(tmp_path / "cli"), "--json")
+    assert cli.exit_code == 0, cli.output
+    spec = FitSpec(kind="image", input=str(tiny_rgb), out=str(tmp_path / "api"),
+                   options={"sigma": 3, "features": 16, "width": 32, "depth": 2, "steps": 40,
+                            "lr": 1e-2, "split": "all", "device": "cpu", "precision": "fp32"})
+    (tmp_path / "job.json").write_text(spec.to_json())
+    loaded = load_spec(tmp_path / "job.json")
+    assert loaded == spec
+    report = run_spec(loaded)
+    want = json.loads(cli.stdout)
+    assert report["metrics"] == want["metrics"] and report["config"] == want["config"]
+    assert json.loads((tmp_path / "api" / "report.json").read_text())["metrics"] == want["metrics"]
+    # the `nfit run` command takes the same file
+    again = run("run", str(tmp_path / "job.json"), "--json")
+    assert again.exit_code == 2 and "already holds results" in again.stderr
+    with pytest.raises(UsageError, match="did you mean 'checkpoint_every'"):
+        spec_from_dict({**spec.to_dict(), "checkpoint_evry": 5})
+    with pytest.raises(UsageError, match="unknown option 'sigmaa'"):
+        SweepSpec(kind="image", input="x.png", options={"sigmaa": 3})
+
+
+def test_sdf_default_sigma_lives_on_the_kind() -> None:
+    from nfit.spec import FitSpec, KernelSpec
+
+    assert FitSpec(kind="sdf", input="m.obj").config().sigma == 2.0
+    assert KernelSpec(kind="sdf", input="m.obj").config().sigma == 2.0
+    assert FitSpec(kind="image", input="p.png").config().sigma == 10.0
+    assert FitSpec(kind="sdf", input="m.obj", options={"sigma": 4}).config().sigma == 4.0

@@ -10,16 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nfit.api import fit_file, fit_task, prepare_task
+from nfit.api import fit_task, prepare_task, run
 from nfit.checkpoint import load_checkpoint
 from nfit.config import merge_config
 from nfit.encodings import ENCODINGS, build_encoding
 from nfit.errors import UsageError
 from nfit.field import build_field
-from nfit.fit import make_optimizer
 from nfit.grids import PRIMES, level_resolutions, spatial_hash
 from nfit.networks import Siren
 from nfit.signals import signal_kind
+from nfit.spec import FitSpec
+from nfit.stack import Members
 
 
 def test_level_resolutions_follow_the_geometric_growth():
@@ -226,9 +227,12 @@ def test_grid_parameters_get_the_paper_adam_settings():
     cfg = merge_config({}, {"encoding": "hashgrid", "levels": 2, "log2_table": 8})
     fld = build_field({"in_dim": 2, "out_dim": 3, "encoding": cfg.encoding_spec(),
                        "network": cfg.network_spec()})
-    groups = make_optimizer(fld, cfg).param_groups
-    grid = next(g for g in groups if any(p is fld.encoding.table for p in g["params"]))
+    members = Members([fld])
+    groups = torch.optim.Adam(members.param_groups(cfg), lr=cfg.lr).param_groups
+    grid = next(g for g in groups if any(p is members.encoder.table for p in g["params"]))
     assert grid["betas"] == (0.9, 0.99) and grid["eps"] == 1e-15 and grid["lr"] == 1e-2
+    rest = [g for g in groups if g is not grid]
+    assert len(rest) == 1 and rest[0]["betas"] == (0.9, 0.999)  # the MLP keeps torch's Adam
 
 
 @torch.no_grad()
@@ -268,7 +272,7 @@ def test_checkpoint_round_trip_renders_identical_pixels(tiny_rgb, tmp_path):
     cfg = merge_config({}, {"encoding": "hashgrid", "levels": 6, "log2_table": 10,
                             "finest_resolution": 64, "steps": 20, "split": "all",
                             "device": "cpu", "precision": "fp32"})
-    report = fit_file("image", tiny_rgb, cfg, tmp_path / "run")
+    report = run(FitSpec.of("image", tiny_rgb, cfg, out=str(tmp_path / "run")))
     assert report["parameters"] > 0
     fld, meta = load_checkpoint(tmp_path / "run" / "model.safetensors")
     assert fld.spec() == build_field(fld.spec()).spec()

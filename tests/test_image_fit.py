@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from nfit.api import fit_file, fit_task, prepare_task
+from nfit.api import fit_task, prepare_task, run
 from nfit.checkpoint import load_checkpoint
 from nfit.config import FitConfig
 from nfit.encodings import ENCODINGS
 from nfit.formats.images import read_image
 from nfit.signals.grid import grid_coords, interleaved_split, make_split
 from nfit.signals.image import IMAGE
+from nfit.spec import FitSpec
 
 FOURIER = [n for n in ENCODINGS if n not in ("none",) and not ENCODINGS[n].trainable]
 
@@ -79,7 +80,7 @@ def test_bf16_fit_tracks_fp32(tiny_rgb: Path) -> None:
 def test_checkpoint_round_trip_renders_identical_pixels(tiny_rgb: Path, tmp_path: Path) -> None:
     cfg = tiny_cfg(encoding="gauss", steps=30)
     out = tmp_path / "run"
-    report = fit_file("image", tiny_rgb, cfg, out)
+    report = run(FitSpec.of("image", tiny_rgb, cfg, out=str(out)))
     assert {"recon.png", "error.png", "curve.csv", "curve.png", "report.json",
             "model.safetensors", "config.yaml"} <= {p.name for p in out.iterdir()}
     fld, meta = load_checkpoint(out / "model.safetensors")
@@ -109,6 +110,6 @@ def test_sixteen_bit_and_gray_alpha_inputs(tmp_path: Path) -> None:
     assert torch.allclose(t16.problem.train_y, torch.from_numpy(rgb16.reshape(-1, 3) / 65535.0).float())
     tla = prepare_task("image", tmp_path / "la.png", cfg)
     assert tla.meta["channels"] == "LA" and tla.out_dim == 2
-    fit_file("image", tmp_path / "rgb16.png", cfg, tmp_path / "o16")
+    run(FitSpec.of("image", tmp_path / "rgb16.png", cfg, out=str(tmp_path / "o16")))
     back, depth = read_image(tmp_path / "o16" / "recon.png")
     assert depth == 16 and back.shape == (16, 16, 3)

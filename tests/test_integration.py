@@ -7,6 +7,7 @@ pipeline (wrong sign, wrong bounds, untrained weights) gives.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -20,10 +21,10 @@ from typer.testing import CliRunner
 from nfit.api import build_task_field, prepare_task
 from nfit.cli import app
 from nfit.config import FitConfig
-from nfit.ensemble import inside_of, train_ensemble
-from nfit.fit import fit, predict
 from nfit.geometry import iou
+from nfit.signals.mesh import predicted_inside
 from nfit.sweep import parse_sigmas, run_sweep
+from nfit.train import fit, predict, train
 
 CPU = ["--device", "cpu", "--precision", "fp32"]
 TINY_NET = ["--features", "16", "--width", "32", "--depth", "3"]
@@ -89,8 +90,8 @@ def test_volume_ensemble_equals_single_fits(tmp_path: Path) -> None:
     task = prepare_task("volume", _volume(tmp_path / "vol.npy"), base)
     cfgs = [replace(base, sigma=1.0, seed=0), replace(base, sigma=3.0, seed=1)]
     fields = [build_task_field(task, c) for c in cfgs]
-    result = train_ensemble(fields, task.problem, base, seeds=[0, 1],
-                            device=torch.device("cpu"), precision="fp32")
+    result = train(fields, task.problem, base, seeds=[0, 1],
+                   device=torch.device("cpu"), precision="fp32")
     for c, got in zip(cfgs, result.members, strict=True):
         alone = fit(build_task_field(task, c), task.problem, c, device=torch.device("cpu"),
                     precision="fp32")
@@ -127,7 +128,7 @@ def test_occupancy_sweep_iou_is_geometry_iou(tmp_path: Path) -> None:
     """The ensemble's chunked IoU equals nfit.geometry.iou on the member's own predictions."""
     cfg = FitConfig(features=16, width=32, depth=3, steps=60, batch=1024, lr=3e-3,
                     device="cpu", precision="fp32", eval_every=30,
-                    extra={**MESH_EXTRA, "target": "occupancy"})
+                    **{**MESH_EXTRA, "target": "occupancy"})
     task = prepare_task("sdf", _ball(tmp_path / "ball.obj"), cfg)
     result = run_sweep(task, cfg, ["gauss"], parse_sigmas("1,4"))
     assert result.metric == "iou"
@@ -135,48 +136,46 @@ def test_occupancy_sweep_iou_is_geometry_iou(tmp_path: Path) -> None:
     for m in result.members:
         assert m.field is not None
         values = predict(m.field, x)[:, 0]
-        want = iou(inside_of("bce", values).numpy(), (y[:, 0] > 0.5).numpy())
+        want = iou(predicted_inside(values, "occupancy").numpy(), (y[:, 0] > 0.5).numpy())
         assert m.metrics["val_iou"] == pytest.approx(want, abs=1e-12)
         assert 0.0 < m.metrics["val_iou"] < 1.0  # a real overlap, not a degenerate one
 
 
-def test_sweep_trains_learned_encodings_one_by_one(tiny_rgb: Path, tmp_path: Path) -> None:
+def test_sweep_stacks_learned_encodings(tiny_rgb: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     result = CliRunner().invoke(app, [
         "sweep", "image", str(tiny_rgb), "--encoding", "gauss,densegrid", "--sigma", "2,8",
         "--steps", "60", "--eval-every", "30", "--levels", "4", "--finest-resolution", "32",
-        "--out", str(out), "--quiet", *TINY_NET, *CPU])
+        "--seeds", "2", "--out", str(out), "--quiet", *TINY_NET, *CPU])
     assert result.exit_code == 0, result.output
-    assert "'densegrid' has learned parameters" in result.output  # the stderr note
     report = json.loads((out / "sweep.json").read_text())
-    assert report["sequential_members"] == 1
-    modes = {g["mode"] for g in report["groups"]}
-    assert modes == {"ensemble", "sequential"}
+    assert {g["mode"] for g in report["groups"]} == {"stacked"}
+    assert sorted((g["encoding"], g["members"]) for g in report["groups"]) == [
+        ("densegrid", 2), ("gauss", 4)]
     dense = [m for m in report["members"] if m["encoding"] == "densegrid"]
-    assert len(dense) == 1 and dense[0]["sigma"] is None  # no sigma: once per seed
-    assert any("single-fit loop" in n for n in report["notes"])
-    # The sequential member is exactly the single fit `nfit image --encoding densegrid`
+    assert len(dense) == 2 and dense[0]["sigma"] is None  # no sigma: once per seed
+    # Each stacked grid member is exactly the single fit `nfit image --encoding densegrid`
     # would make with the same flags (its own grid defaults, lr 1e-2, width 32 as given).
-    cfg = FitConfig(encoding="densegrid", features=16, width=32, depth=3, steps=60, lr=1e-2,
-                    eval_every=30, device="cpu", precision="fp32",
-                    extra={"levels": 4, "finest_resolution": 32})
-    task = prepare_task("image", tiny_rgb, cfg)
-    alone = fit(build_task_field(task, cfg), task.problem, cfg, device=torch.device("cpu"),
-                precision="fp32")
-    assert dense[0]["val_psnr"] == pytest.approx(alone.metrics["val_psnr"], rel=1e-6)
-    assert alone.metrics["val_psnr"] > 15.0  # trained: a constant 0.5 image scores ~11 dB
+    for member in dense:
+        cfg = FitConfig(encoding="densegrid", features=16, width=32, depth=3, steps=60, lr=1e-2,
+                        eval_every=30, device="cpu", precision="fp32", seed=member["seed"],
+                        **{"levels": 4, "finest_resolution": 32})
+        task = prepare_task("image", tiny_rgb, cfg)
+        alone = fit(build_task_field(task, cfg), task.problem, cfg, device=torch.device("cpu"),
+                    precision="fp32")
+        assert member["val_psnr"] == pytest.approx(alone.metrics["val_psnr"], rel=1e-5)
+        assert alone.metrics["val_psnr"] > 15.0  # trained: a constant 0.5 image scores ~11 dB
 
 
-def test_sweep_siren_members_train_sequentially(tiny_rgb: Path, tmp_path: Path) -> None:
+def test_sweep_stacks_siren_members(tiny_rgb: Path, tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     result = CliRunner().invoke(app, [
         "sweep", "image", str(tiny_rgb), "--model", "siren", "--encoding", "none",
         "--sigma", "1", "--steps", "40", "--width", "32", "--depth", "3", "--seeds", "2",
         "--out", str(out), "--quiet", *CPU])
     assert result.exit_code == 0, result.output
-    assert "model 'siren' is not the MLP" in result.output
     report = json.loads((out / "sweep.json").read_text())
-    assert [g["mode"] for g in report["groups"]] == ["sequential", "sequential"]
+    assert [(g["mode"], g["members"]) for g in report["groups"]] == [("stacked", 2)]
     assert report["chosen_config"]["model"] == "siren"
     assert (out / "model.safetensors").is_file()
 
@@ -197,7 +196,7 @@ def _kernel(kind: str, path: Path, out: Path, steps: int = 30, **cfg: object) ->
 @pytest.mark.parametrize("kind", ["volume", "sdf"])
 def test_kernel_on_3d_kinds(tmp_path: Path, kind: str) -> None:
     src = _volume(tmp_path / "v.npy") if kind == "volume" else _ball(tmp_path / "b.obj")
-    extra = {} if kind == "volume" else {"extra": dict(MESH_EXTRA)}
+    extra = {} if kind == "volume" else dict(MESH_EXTRA)
     report = _kernel(kind, src, tmp_path / "k", sigma=1.0, **extra)
     study = report["encodings"]["gauss"]
     assert report["points"] == 48  # distinct points, drawn from the volume's sampler too
@@ -221,7 +220,7 @@ def test_plain_grid_tangent_kernel_is_constant(tiny_rgb: Path, tmp_path: Path,
     kernel prediction of gradient descent is exact (3 features per level: the RGB outputs'
     kernels are equal, so the output-averaged kernel is each one's)."""
     report = _kernel("image", tiny_rgb, tmp_path / "k", encoding=encoding, model="sum",
-                     extra=dict(GRID))
+                     **GRID)
     study = report["encodings"][encoding]
     curve = study["curve"]
     assert curve[-1]["train_psnr"] > curve[0]["train_psnr"] + 20  # real training steps
@@ -232,7 +231,7 @@ def test_plain_grid_tangent_kernel_is_constant(tiny_rgb: Path, tmp_path: Path,
     assert [c["resolution"] for c in coverage] == [16, 22, 32]
     assert all(0.0 <= c["held_out_weight_on_trained_vertices"] <= 1.0 for c in coverage)
     # the same grid read by an MLP is not linear in the table: its GTK moves
-    moved = _kernel("image", tiny_rgb, tmp_path / "m", encoding=encoding, extra=dict(GRID))
+    moved = _kernel("image", tiny_rgb, tmp_path / "m", encoding=encoding, **GRID)
     assert moved["encodings"][encoding]["kernel_drift"] > 1e-3
 
 
@@ -288,8 +287,10 @@ def test_3d_fit_resumes_to_identical_weights(tmp_path: Path, kind: str) -> None:
 
     from safetensors.torch import load_file
 
+    from nfit.api import Reporter, run
     from nfit.errors import Interrupted
-    from nfit.job import RESUME_FILE, fit_job
+    from nfit.job import RESUME_FILE
+    from nfit.spec import FitSpec
 
     if kind == "volume":
         src = _volume(tmp_path / "v.npy")
@@ -299,19 +300,24 @@ def test_3d_fit_resumes_to_identical_weights(tmp_path: Path, kind: str) -> None:
         src = _ball(tmp_path / "b.obj")
         cfg = FitConfig(encoding="hashgrid", width=32, depth=3, steps=40, batch=512, lr=1e-2,
                         eval_every=10, device="cpu", precision="fp32",
-                        extra={**MESH_EXTRA, "levels": 3, "log2_table": 10,
+                        **{**MESH_EXTRA, "levels": 3, "log2_table": 10,
                                "base_resolution": 4, "finest_resolution": 16})
-    reference = fit_job(kind, src, cfg, tmp_path / "ref")
+    reference = run(FitSpec.of(kind, src, cfg, out=str(tmp_path / "ref")))
 
-    def interrupt(row: dict[str, float]) -> None:
-        if row["step"] == 20:
-            signal.raise_signal(signal.SIGINT)
+    class Interrupter(Reporter):
+        @contextlib.contextmanager
+        def fit(self, total, metric):
+            def interrupt(row: dict[str, float]) -> None:
+                if row["step"] == 20:
+                    signal.raise_signal(signal.SIGINT)
+
+            yield interrupt
 
     out = tmp_path / "run"
     with pytest.raises(Interrupted):
-        fit_job(kind, src, cfg, out, on_eval=interrupt)
+        run(FitSpec.of(kind, src, cfg, out=str(out)), Interrupter())
     assert (out / RESUME_FILE).is_file() and not (out / "model.safetensors").exists()
-    resumed = fit_job(kind, src, cfg, out, resume=True)
+    resumed = run(FitSpec.of(kind, src, cfg, out=str(out), resume=True))
     assert resumed["metrics"] == reference["metrics"]
     a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "ref" / "model.safetensors")
     assert a.keys() == b.keys()

@@ -109,16 +109,17 @@ FLOORS = {"sdf": (0.9, 0.45, 0.5), "occupancy": (0.75, 0.55, 0.3)}
 
 @pytest.mark.parametrize("target", ["sdf", "occupancy"])
 def test_tiny_fit_reaches_iou_floor(tmp_path: Path, target: str) -> None:
-    from nfit.api import fit_file
+    from nfit.api import run
+    from nfit.spec import FitSpec
 
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=1.0)
     src = tmp_path / "ball.stl"
     sphere.export(src)
     cfg = FitConfig(sigma=1.0, features=32, width=64, depth=3, steps=400, lr=3e-3,
                     precision="fp32", device="cpu", eval_every=50,
-                    extra={"target": target, "pool": 8000, "batch": 2048, "eval_points": 500,
+                    **{"target": target, "pool": 8000, "batch": 2048, "eval_points": 500,
                            "metric_points": 4000, "resolution": 32})
-    report = fit_file("sdf", src, cfg, tmp_path / "run")
+    report = run(FitSpec.of("sdf", src, cfg, out=str(tmp_path / "run")))
     uniform, near, fscore = FLOORS[target]
     assert report["test"]["iou_uniform"] > uniform
     assert report["test"]["iou_near_surface"] > near

@@ -16,13 +16,13 @@ from nfit.api import build_task_field, prepare_task
 from nfit.checkpoint import load_checkpoint
 from nfit.cli import app
 from nfit.config import FitConfig
-from nfit.ensemble import member_bytes, plan_groups, train_ensemble
 from nfit.errors import UsageError
-from nfit.fit import fit
+from nfit.memory import member_bytes, plan_groups
 from nfit.signals import Task
 from nfit.signals.grid import interleaved_split
 from nfit.signals.image import grid_problem
 from nfit.sweep import Member, parse_encodings, parse_sigmas, run_sweep
+from nfit.train import fit, train
 
 TINY = dict(features=16, width=32, depth=3, device="cpu", precision="fp32", eval_every=10)
 
@@ -35,8 +35,8 @@ def test_ensemble_equals_single_fits(tiny_rgb: Path, batch: int) -> None:
     members = [("gauss", 3.0, 0), ("gauss", 10.0, 1), ("laplace", 5.0, 0), ("posenc", 8.0, 2)]
     cfgs = [replace(base, encoding=e, sigma=s, seed=seed) for e, s, seed in members]
     fields = [build_task_field(task, c) for c in cfgs]
-    result = train_ensemble(fields, task.problem, base, seeds=[c.seed for c in cfgs],
-                            device=torch.device("cpu"), precision="fp32")
+    result = train(fields, task.problem, base, seeds=[c.seed for c in cfgs],
+                   device=torch.device("cpu"), precision="fp32")
     for c, fld, got in zip(cfgs, fields, result.members, strict=False):
         alone = fit(build_task_field(task, c), task.problem, c, device=torch.device("cpu"),
                     precision="fp32")
@@ -51,6 +51,63 @@ def test_ensemble_equals_single_fits(tiny_rgb: Path, batch: int) -> None:
         init = build_task_field(task, c).state_dict()
         moved = max(float((fld.state_dict()[k] - v).abs().max()) for k, v in init.items())
         assert moved > 1e-3
+
+
+STACKED_FAMILIES = {
+    "hashgrid": {"encoding": "hashgrid", "lr": 1e-2, "levels": 4, "log2_table": 8,
+                 "finest_resolution": 32},
+    "densegrid": {"encoding": "densegrid", "lr": 1e-2, "levels": 3, "finest_resolution": 16},
+    "mulfagrid": {"encoding": "mulfagrid", "lr": 1e-2, "levels": 2, "finest_resolution": 16,
+                  "kernel_width": 8},
+    "siren": {"encoding": "none", "model": "siren", "lr": 1e-4},
+}
+
+
+@pytest.mark.parametrize("batch", [0, 64])
+@pytest.mark.parametrize("family", sorted(STACKED_FAMILIES))
+def test_stacked_members_equal_single_fits(tiny_rgb: Path, family: str, batch: int) -> None:
+    """Grids (one shared table layout, or looped for MulFAGrid) and SIREN train stacked; each
+    member ends where its own single fit ends, with full batches and with per-seed minibatches."""
+    base = FitConfig(steps=12, batch=batch, **{**TINY, **STACKED_FAMILIES[family]})
+    task = prepare_task("image", tiny_rgb, base)
+    cfgs = [replace(base, seed=s) for s in (0, 1, 2)]
+    fields = [build_task_field(task, c) for c in cfgs]
+    result = train(fields, task.problem, base, seeds=[c.seed for c in cfgs],
+                   device=torch.device("cpu"), precision="fp32")
+    for c, fld, got in zip(cfgs, fields, result.members, strict=True):
+        alone = fit(build_task_field(task, c), task.problem, c, device=torch.device("cpu"),
+                    precision="fp32")
+        for name, value in alone.metrics.items():
+            assert got.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+        for (name, p), q in zip(fld.state_dict().items(), alone.field.state_dict().values(),
+                                strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+        init = build_task_field(task, c).state_dict()
+        moved = max(float((fld.state_dict()[k] - v).abs().max()) for k, v in init.items())
+        assert moved > 1e-6  # training moved the weights
+
+
+def test_stacked_hashgrid_members_on_a_sampler(tmp_path: Path) -> None:
+    """A sampled problem (an sdf's pool) with two seeds: members draw their own points."""
+    import trimesh
+
+    path = tmp_path / "ball.obj"
+    trimesh.creation.icosphere(subdivisions=2, radius=0.6).export(path)
+    base = FitConfig(steps=8, batch=512, eval_every=4, device="cpu", precision="fp32",
+                     encoding="hashgrid", lr=1e-2, width=16, depth=2,
+                     **{"levels": 3, "log2_table": 10, "finest_resolution": 32, "pool": 4000,
+                            "eval_points": 500, "metric_points": 500, "resolution": 16})
+    task = prepare_task("sdf", path, base)
+    cfgs = [replace(base, seed=s) for s in (0, 1)]
+    fields = [build_task_field(task, c) for c in cfgs]
+    result = train(fields, task.problem, base, seeds=[0, 1], device=torch.device("cpu"),
+                   precision="fp32")
+    for c, got in zip(cfgs, result.members, strict=True):
+        alone = fit(build_task_field(task, c), task.problem, c, device=torch.device("cpu"),
+                    precision="fp32")
+        assert set(got.metrics) >= {"train_iou", "val_iou", "test_loss"}
+        for name, value in alone.metrics.items():
+            assert got.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
 
 
 def _band_limited_task(n: int = 64) -> Task:
@@ -107,8 +164,7 @@ def test_groups_split_by_memory_give_the_same_numbers() -> None:
     cfg = FitConfig(**{**SYNTH, "steps": 30})
     sigmas = parse_sigmas("2,8,32")
     together = run_sweep(task, cfg, ["gauss"], sigmas, seeds=2)
-    one = member_bytes(n_train=256, n_step=256, feature_dim=64, width=32, depth=3, out_dim=1,
-                       precision="fp32")
+    one = member_bytes(task, replace(cfg, sigma=2.0), "fp32", device=torch.device("cpu"))
     apart = run_sweep(task, cfg, ["gauss"], sigmas, seeds=2, memory=int(2.5 * one))
     assert len(together.groups) == 1
     assert [g["members"] for g in apart.groups] == [2, 2, 2]
@@ -121,7 +177,7 @@ def test_plan_groups() -> None:
     assert plan_groups([32, 32, 32, 64], [10, 10, 10, 10], 25) == [[0, 1], [2], [3]]
     assert plan_groups([32] * 5, [10] * 5, 1000) == [[0, 1, 2, 3, 4]]
     assert plan_groups([32] * 5, [10] * 5, 40) == [[0, 1, 2], [3, 4]]
-    with pytest.raises(UsageError, match="one ensemble member needs"):
+    with pytest.raises(UsageError, match="one sweep member needs"):
         plan_groups([32], [100], 50)
 
 
@@ -199,7 +255,7 @@ def test_cli_writes_and_reports(tiny_rgb: Path, tmp_path: Path) -> None:
     (["--sigma", "1,,3"], "empty entry"),
     (["--sigma", "2:64"], "START:END:Nlog"),
     (["--encoding", "gauss,wavelet"], "unknown encoding 'wavelet'"),
-    (["--sigma", "1,2", "--memory", "0.000001"], "one ensemble member needs"),
+    (["--sigma", "1,2", "--memory", "0.000001"], "one sweep member needs"),
     (["--split", "all", "--sigma", "2"], "validation split"),
 ])
 def test_cli_bad_input(tiny_rgb: Path, tmp_path: Path, extra: list[str], message: str) -> None:

@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from nfit.cli import app
-from nfit.fit import score, score_chunks
 from nfit.formats.volumes import read_volume, scaled_affine, write_volume
+from nfit.problem import BCEObjective, Objective, Scores
 from nfit.signals.volume import Lattice, Masked, VoxelPoints, random_roles, volume_split
 
 TINY = ["--width", "64", "--depth", "3", "--features", "64", "--precision", "fp32",
@@ -139,13 +139,20 @@ def test_random_split_roles_are_disjoint_and_sampled_from_their_role() -> None:
 
 def test_chunked_score_equals_whole_score() -> None:
     pred, target = torch.rand(1000, 3), torch.rand(1000, 3)
-    pairs = [(pred[i:i + 128], target[i:i + 128]) for i in range(0, 1000, 128)]
-    for kind in ("mse", "bce"):
-        t = target if kind == "mse" else (target > 0.5).float()
-        whole = score(kind, pred - 0.5, t)
-        chunked = score_chunks(kind, [(p - 0.5, t[i * 128:(i + 1) * 128])
-                                      for i, (p, _) in enumerate(pairs)])
-        assert whole == pytest.approx(chunked, rel=1e-12)
+    for objective in (Objective(), BCEObjective()):
+        t = target if objective.name == "mse" else (target > 0.5).float()
+        whole, chunked = Scores(1, objective), Scores(1, objective)
+        whole.add(pred[None] - 0.5, t)
+        for i in range(0, 1000, 128):
+            chunked.add(pred[None, i:i + 128] - 0.5, t[i:i + 128])
+        a, b = whole.result()[0], chunked.result()[0]
+        assert a == pytest.approx(b, rel=1e-12)
+        if objective.name == "mse":
+            want = float(((pred.double() - 0.5 - t.double()) ** 2).mean())
+            assert a["loss"] == pytest.approx(want, rel=1e-12)
+        else:
+            want = float(((pred - 0.5 > 0).float() == t).double().mean())
+            assert a["accuracy"] == pytest.approx(want, rel=1e-12)
 
 
 def test_scaled_affine_halves_voxels() -> None:

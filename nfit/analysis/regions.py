@@ -23,7 +23,7 @@ def activation_regions(field: torch.nn.Module, coords: torch.Tensor, chunk: int 
     """
     network = getattr(field, "network", None)
     encoding = getattr(field, "encoding", None)
-    if not isinstance(network, MLP) or encoding is None or len(network.layers) < 2:
+    if type(network) is not MLP or encoding is None or len(network.layers) < 2:
         return None
     patterns = []
     with torch.no_grad():

@@ -139,7 +139,7 @@ def subsample(task: Any, points: int, test_points: int, seed: int) -> Subset:
     Signals that only sample their training points (volumes: ``train_x`` empty, a
     ``sampler``) give ``points`` distinct points drawn from the sampler, and held-out sets
     held as a ``PointSource`` give ``test_points`` of theirs (``sample``)."""
-    from nfit.fit import PointSource
+    from nfit.problem import PointSource
 
     problem = task.problem
     generator = torch.Generator().manual_seed(int(seed))

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from nfit import __version__
-from nfit.cli import fit_cmds, kernel_cmds, model_cmds, sweep_cmds, volume_cmds
+from nfit.cli import jobs, kernel_cmds, model_cmds
 
 app = typer.Typer(
     name="nfit",
@@ -17,16 +17,17 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command()(fit_cmds.image)
-app.command()(volume_cmds.volume)
-app.command()(fit_cmds.sdf)
+app.command()(jobs.image)
+app.command()(jobs.volume)
+app.command()(jobs.sdf)
 app.command()(model_cmds.render)
 app.command()(model_cmds.info)
 app.command()(model_cmds.encodings)
-app.command()(kernel_cmds.kernel)
+app.command()(jobs.kernel)
 app.command("spectral-bias")(kernel_cmds.spectral_bias)
-app.command()(fit_cmds.resume)
-app.command()(sweep_cmds.sweep)
+app.command()(jobs.resume)
+app.command()(jobs.sweep)
+app.command("run")(jobs.run_spec)
 
 
 def _version(value: bool) -> None:

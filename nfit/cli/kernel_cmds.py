@@ -1,127 +1,14 @@
-"""`nfit kernel` and `nfit spectral-bias`: the tangent-kernel lens on a field."""
+"""`nfit spectral-bias`: the 1D experiment of the paper's Sec. 5 through the kernel lens."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from nfit.cli.common import (
-    BaseResolution,
-    ConfigFile,
-    Depth,
-    Device,
-    Features,
-    FeaturesPerLevel,
-    FinestResolution,
-    Force,
-    Frequencies,
-    Json,
-    KernelForm,
-    KernelLayers,
-    KernelWidth,
-    Levels,
-    Log2Table,
-    Model,
-    Omega0,
-    Out,
-    Quiet,
-    Seed,
-    Sigma,
-    Width,
-    emit,
-    grid_flags,
-    handle_errors,
-    stderr,
-)
-from nfit.config import load_yaml_config, merge_config
-from nfit.errors import UsageError
+from nfit.cli.common import Force, Json, Out, Quiet, emit, handle_errors
 from nfit.io import resolve_out_dir
-
-COMPARE_DEFAULT = ("none", "basic", "posenc", "gauss")
-
-
-def _encoding_list(text: str | None, compare: bool) -> list[str]:
-    names = [n.strip() for n in (text or "gauss").split(",") if n.strip()]
-    if not names:
-        raise UsageError("--encoding needs at least one name")
-    if len(set(names)) != len(names):
-        raise UsageError(f"--encoding lists a name twice: {text}")
-    if compare and len(names) == 1:
-        names = [n for n in COMPARE_DEFAULT if n != names[0]] + names
-    return names
-
-
-def _lr(text: str) -> float | None:
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise UsageError(f"--lr must be a number or 'auto', got {text!r}") from None
-
-
-def kernel(
-    kind: Annotated[str, typer.Argument(help="signal kind: image (and every kind in the registry)")],
-    path: Annotated[Path, typer.Argument(help="the signal file")],
-    encoding: Annotated[str | None, typer.Option(help="encoding, or a comma-separated list to compare (default gauss)")] = None,
-    compare: Annotated[bool, typer.Option("--compare", help="compare encodings: a list given to --encoding, or none,basic,posenc and the one given")] = False,
-    sigma: Sigma = None, features: Features = None, width: Width = None, depth: Depth = None,
-    points: Annotated[int, typer.Option(help="training points the kernel is computed on")] = 2048,
-    test_points: Annotated[int, typer.Option("--test-points", help="held-out points for test PSNR")] = 1024,
-    steps: Annotated[int, typer.Option(help="plain gradient-descent steps of the measured run")] = 500,
-    lr: Annotated[str, typer.Option(help="gradient-descent step, or auto: eta' lam_max = 1 (half the stable step)")] = "auto",
-    eval_every: Annotated[int, typer.Option("--eval-every", help="steps between points of the curves")] = 10,
-    ridge: Annotated[float, typer.Option(help="ridge of the generalization measure, relative to mean diag K")] = 1e-3,
-    split: Annotated[str | None, typer.Option(help="the signal's split (default paper)")] = None,
-    seed: Seed = None, device: Device = None, out: Out = None, config: ConfigFile = None,
-    json_out: Json = False, quiet: Quiet = False, force: Force = False, model: Model = None,
-    levels: Levels = None, log2_table: Log2Table = None, features_per_level: FeaturesPerLevel = None,
-    base_resolution: BaseResolution = None, finest_resolution: FinestResolution = None,
-    kernel_width: KernelWidth = None, kernel_layers: KernelLayers = None,
-    frequencies: Frequencies = None, omega0: Omega0 = None, kernel_form: KernelForm = None,
-) -> None:
-    """Tangent kernel (NTK; GTK for grid encodings) of a field on a signal: spectrum.csv/png,
-    kernel_row.png, prediction.png (predicted vs measured gradient descent), report.json."""
-    from nfit.analysis.run import kernel_file
-    from nfit.analysis.study import KernelOptions
-    from nfit.signals import signal_kind
-
-    with handle_errors():
-        signal_kind(kind)
-        flags: dict[str, Any] = dict(
-            sigma=sigma, features=features, width=width, depth=depth, seed=seed, device=device,
-            split=split, model=model,
-            **grid_flags(levels, log2_table, features_per_level, base_resolution,
-                         finest_resolution, kernel_width, kernel_layers, frequencies, omega0, kernel_form))
-        base = merge_config(load_yaml_config(config), flags)
-        # a config file or a model (--model sum implies densegrid) may choose the encoding
-        names = _encoding_list(encoding or (base.encoding if config or model else None), compare)
-        cfgs = [dataclasses.replace(base, encoding=n).validate() for n in names]
-        opts = KernelOptions(points=points, test_points=test_points, steps=steps, lr=_lr(lr),
-                             eval_every=eval_every, ridge=ridge).validate()
-        out_dir = resolve_out_dir(out, Path("runs") / f"{Path(path).stem}-kernel", force)
-
-        def progress(study) -> None:
-            if not (quiet or json_out):
-                last = study.curve[-1]
-                stderr.print(f"{study.name}: kernel {study.kernel_seconds:.1f} s, "
-                             f"test PSNR predicted {last['pred_test_psnr']:.2f} dB, "
-                             f"measured {last['test_psnr']:.2f} dB")
-
-        report = kernel_file(kind, path, cfgs, opts, out_dir, on_encoding=progress)
-        rows: list[tuple[str, Any]] = [("output", str(out_dir)), ("points", report["points"])]
-        for name, s in report["encodings"].items():
-            rows += [(f"{name} delta", s["generalization_delta"]),
-                     (f"{name} test PSNR pred/meas",
-                      f"{s['predicted']['test_psnr']:.2f} / {s['measured']['test_psnr']:.2f}"),
-                     (f"{name} kernel drift", s["kernel_drift"]),
-                     (f"{name} regions before/after",
-                      f"{s['activation_regions']['before']} / {s['activation_regions']['after']}")]
-        report["out"] = str(out_dir)
-        emit(report, json_out, quiet, rows)
 
 
 def spectral_bias(

@@ -94,7 +94,11 @@ def _decode_tiff(path: Path) -> np.ndarray:
         raise
     except Exception as exc:
         raise DataError(f"{path}: corrupt or unreadable TIFF ({exc})") from None
-    if photometric is not None and int(photometric) == 5:  # separated (CMYK)
+    try:
+        cmyk = photometric is not None and int(photometric) == 5  # separated (CMYK)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: corrupt or unreadable TIFF (bad photometric tag)") from None
+    if cmyk:
         raise DataError(f"{path}: CMYK TIFF is not supported; convert it to RGB")
     return np.asarray(array)
 

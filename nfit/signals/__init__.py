@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from nfit.errors import UsageError
-from nfit.signals.base import SignalKind, Task
+from nfit.signals.base import SignalKind, Task, build_task_field
 from nfit.signals.image import IMAGE
 from nfit.signals.mesh import SDF
 from nfit.signals.volume import VOLUME
@@ -17,4 +17,4 @@ def signal_kind(name: str) -> SignalKind:
     return SIGNAL_KINDS[name]
 
 
-__all__ = ["SIGNAL_KINDS", "SignalKind", "Task", "signal_kind"]
+__all__ = ["SIGNAL_KINDS", "SignalKind", "Task", "build_task_field", "signal_kind"]

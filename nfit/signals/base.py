@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+
 from nfit.config import FitConfig
-from nfit.field import Field
-from nfit.fit import FitResult, Problem
+from nfit.field import Field, build_field
+from nfit.problem import FitResult, Problem
 
 
 @dataclass
@@ -18,8 +20,6 @@ class Task:
     meta: JSON-able description stored in the checkpoint (kind, shapes, channels, value
     range, transforms), enough for ``nfit render`` to write a reconstruction alone.
     output: the network's output activation ("sigmoid" for values in [0, 1]).
-    selection_metric: the held-out metric ``nfit sweep`` chooses on when it is not the
-    problem's own (``Problem.metric_name``): "iou" for meshes (inside/outside agreement).
     """
 
     kind: str
@@ -28,7 +28,6 @@ class Task:
     problem: Problem
     meta: dict[str, Any]
     output: str = "sigmoid"
-    selection_metric: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
 
 
@@ -37,6 +36,8 @@ class SignalKind(Protocol):
 
     name: str
     extensions: tuple[str, ...]
+    #: option values this kind implies unless given (under the YAML file and the flags)
+    defaults: dict[str, Any]
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         """Load the file and build the fitting problem. Raises DataError/UsageError."""
@@ -53,3 +54,14 @@ class SignalKind(Protocol):
 
     def render_extensions(self) -> tuple[str, ...]:
         ...
+
+
+def build_task_field(task: Task, cfg: FitConfig) -> Field:
+    """The field for a task, its weights drawn from ``cfg.seed``."""
+    torch.manual_seed(int(cfg.seed))
+    encoding = cfg.encoding_spec()
+    if "domain" in task.meta:
+        # Grid encodings cover the signal's domain ([lo, hi] per axis; default [0, 1]).
+        encoding.setdefault("bounds", list(task.meta["domain"]))
+    return build_field({"in_dim": task.in_dim, "out_dim": task.out_dim,
+                        "encoding": encoding, "network": cfg.network_spec(task.output)})

@@ -18,10 +18,10 @@ import torch
 from nfit.config import FitConfig
 from nfit.errors import UsageError
 from nfit.field import Field
-from nfit.fit import FitResult, PointSource, Problem
 from nfit.formats.images import CHANNEL_NAMES, IMAGE_WRITE_EXTENSIONS, read_image, write_image
 from nfit.metrics import ssim
 from nfit.plots import plot_curve, plot_error_map, write_curve_csv
+from nfit.problem import FitResult, PointSource, Problem
 from nfit.signals.base import Task
 from nfit.signals.grid import Split, grid_coords, make_split, render_grid
 
@@ -88,6 +88,8 @@ def parse_size(text: str, dims: int) -> tuple[int, ...]:
 class ImageKind:
     name: str = "image"
     extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+    #: the paper's protocol: full-batch steps
+    defaults: dict[str, Any] = {}
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_image(path)

@@ -32,7 +32,6 @@ import torch
 from nfit.config import FitConfig
 from nfit.errors import UsageError
 from nfit.field import Field
-from nfit.fit import FitResult, Problem
 from nfit.formats.volumes import (
     MAX_VOXELS,
     VOLUME_EXTENSIONS,
@@ -43,6 +42,7 @@ from nfit.formats.volumes import (
 )
 from nfit.metrics import ssim
 from nfit.plots import _figure, _save, plot_curve, write_curve_csv
+from nfit.problem import FitResult, Problem
 from nfit.signals.base import Task
 from nfit.signals.grid import grid_coords, parse_split, render_grid
 from nfit.signals.image import parse_size
@@ -231,7 +231,8 @@ def volume_problem(signal: VolumeSignal, sets: dict[str, Lattice | Masked], held
     def sampler(step: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return train.sample(batch, generator)
 
-    return Problem(torch.zeros(0, 3), torch.zeros(0, signal.out_dim), evals, sampler=sampler)
+    return Problem(torch.zeros(0, 3), torch.zeros(0, signal.out_dim), evals, sampler=sampler,
+                   step_points=batch)
 
 
 def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
@@ -267,6 +268,8 @@ def plot_volume_slices(path: Path, truth: list[np.ndarray], recon: list[np.ndarr
 class VolumeKind:
     name = "volume"
     extensions: tuple[str, ...] = VOLUME_EXTENSIONS
+    #: the full batch of a volume would not fit: random voxels per step
+    defaults: dict[str, Any] = {"batch": VOLUME_BATCH}
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_volume(path)
