@@ -93,11 +93,11 @@ def member_bytes(task: Task, cfg: FitConfig, precision: str = "fp32", *, k: int 
     if cache * k > FEATURE_CACHE_BYTES:
         cache = 0
     n_step = problem.points_per_step(cfg.batch)
-    in_flight = min(n_step, slice_rows(k, device)) if device.type == "cpu" else n_step
+    in_flight = min(n_step, slice_rows(k, device, cfg.width)) if device.type == "cpu" else n_step
     width, depth, channels = cfg.width, cfg.depth, task.out_dim
     step = n_step * (features * s + 2 * channels * 4) + \
         in_flight * (5 * width * max(depth - 1, 0) + 2 * features + 4 * channels) * 4
-    evaluation = slice_rows(k, device) * (features + 2 * width) * 4
+    evaluation = slice_rows(k, device, cfg.width) * (features + 2 * width) * 4
     return int(20 * params + cache + step + evaluation)
 
 
