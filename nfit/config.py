@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import functools
 import inspect
 import math
 import textwrap
@@ -158,6 +159,14 @@ class FitConfig:
         return self
 
 
+def value_type(annotation: str) -> type:
+    """The value type of a field's (postponed) annotation: 'int | None' -> int,
+    'list[float] | None' -> list."""
+    name = annotation.split(" | ")[0].split("[")[0]
+    return {"str": str, "int": int, "float": float, "bool": bool, "list": list}[name]
+
+
+@functools.cache
 def option_help(cls: type) -> dict[str, str]:
     """The attribute docstrings of a dataclass (the string right after each field)."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
@@ -227,17 +236,13 @@ def load_yaml_config(path: Path | None) -> dict[str, Any]:
 
 
 def _coerce(key: str, value: Any) -> Any:
-    default = OPTIONS[key].default
-    kind = type(default) if default is not None else {
-        "int": int, "float": float, "str": str}.get(str(OPTIONS[key].type).split(" ")[0])
     if value is None:
         return None
+    kind = value_type(str(OPTIONS[key].type))
     try:
-        if key in ("mix", "jitter"):
-            return [float(v) for v in value]
-        return kind(value) if kind is not None else value
+        return [float(v) for v in value] if kind is list else kind(value)
     except (TypeError, ValueError):
-        name = getattr(kind, "__name__", "a list")
+        name = "a list of numbers" if kind is list else kind.__name__
         raise UsageError(f"option {key!r}: cannot use {value!r} as {name}") from None
 
 

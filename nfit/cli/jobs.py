@@ -19,12 +19,11 @@ from rich.table import Table
 
 from nfit.api import resume_spec, run
 from nfit.cli.common import RichReporter, emit, fmt, handle_errors, stdout
-from nfit.config import OPTIONS, FitConfig, load_yaml_config, option_help
+from nfit.config import OPTIONS, FitConfig, load_yaml_config, option_help, value_type
 from nfit.io import json_safe
 from nfit.signals import SIGNAL_KINDS, signal_kind
 from nfit.spec import FitSpec, JobSpec, KernelSpec, SweepSpec
 
-TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 PANELS = {"grid": "Grid encodings", "siren": "SIREN", "mesh": "Meshes (sdf)", None: "Fit"}
 FLAG_NAMES = {"encodings": "--encoding", "sigmas": "--sigma", "json_out": "--json"}
 #: fit options a command does not take: they are its spec's own (or mean nothing to it)
@@ -34,7 +33,7 @@ SPEC_FIELDS = {"kind", "input", "options"}
 
 
 def _type(annotation: str) -> Any:
-    base = TYPES[annotation.split(" | ")[0]]
+    base = value_type(annotation)
     return base | None if "None" in annotation else base
 
 
