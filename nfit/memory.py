@@ -37,6 +37,7 @@ from nfit.device import resolve_device, resolve_precision
 from nfit.errors import DataError, UsageError
 from nfit.problem import PointSource, held_len
 from nfit.signals import Task, build_task_field
+from nfit.stack import stack_encodings
 from nfit.train import EVAL_SUBSET, FEATURE_CACHE_BYTES, slice_rows
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -72,23 +73,18 @@ def member_bytes(task: Task, cfg: FitConfig, precision: str = "fp32", *, k: int 
                  device: torch.device | None = None) -> int:
     """The estimate in the module docstring for one member of a stack of ``k``, from shapes
     only (the field is built on the meta device, so even a huge one costs nothing)."""
+    s = 2 if precision == "bf16" else 4
     with torch.device("meta"):
         fld = build_task_field(task, cfg)
+        # what the training loop caches per point, as the loop's own stack reports it
+        per_point = stack_encodings([fld.encoding]).point_bytes(torch.bfloat16 if s == 2 else torch.float32)
     device = device if device is not None else resolve_device(cfg.device)
-    s = 2 if precision == "bf16" else 4
     features = fld.encoding.out_dim
     params = sum(p.numel() for p in fld.parameters() if p.requires_grad)
-    learned = any(p.requires_grad for p in fld.encoding.parameters())
     problem = task.problem
     n_eval = sum(min(held_len(h), EVAL_SUBSET) if isinstance(h, PointSource) else held_len(h)
                  for h in problem.eval_sets.values())
     n_fixed = (len(problem.train_x) if problem.sampler is None else 0) + n_eval
-    if not learned:
-        per_point = features * s
-    elif type(fld.encoding).__name__ in ("HashGrid", "DenseGrid"):
-        per_point = getattr(fld.encoding, "levels", 1) * 2 ** task.in_dim * 12
-    else:
-        per_point = 0
     cache = n_fixed * per_point
     if cache * k > FEATURE_CACHE_BYTES:
         cache = 0
