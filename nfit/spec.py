@@ -21,8 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nfit.config import OPTIONS, check_keys, merge_config
-from nfit.config import FitConfig as FitConfig
+from nfit.config import OPTIONS, FitConfig, check_keys, merge_config
 from nfit.errors import UsageError
 
 AUTO_ROUNDS = 4

@@ -146,9 +146,6 @@ class GridInput:
     weight: torch.Tensor
     shared: bool
 
-    def __len__(self) -> int:
-        return self.index.shape[0 if self.shared else 1]
-
 
 class _StackedLookup(torch.autograd.Function):
     """sum_c weight * table[index] for K members at once; gradients for the table only."""

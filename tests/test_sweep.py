@@ -34,23 +34,29 @@ def test_ensemble_equals_single_fits(tiny_rgb: Path, batch: int) -> None:
     task = prepare_task("image", tiny_rgb, base)
     members = [("gauss", 3.0, 0), ("gauss", 10.0, 1), ("laplace", 5.0, 0), ("posenc", 8.0, 2)]
     cfgs = [replace(base, encoding=e, sigma=s, seed=seed) for e, s, seed in members]
+    assert_members_are_single_fits(task, base, cfgs, atol=1e-5, moved=1e-3)
+
+
+def assert_members_are_single_fits(task: Task, base: FitConfig, cfgs: list[FitConfig], *,
+                                   atol: float, moved: float) -> None:
+    """Train ``cfgs`` as one stack; each member ends where its own single fit ends
+    (metrics, evaluation steps, weights), and training moved its weights by > ``moved``."""
     fields = [build_task_field(task, c) for c in cfgs]
     result = train(fields, task.problem, base, seeds=[c.seed for c in cfgs],
                    device=torch.device("cpu"), precision="fp32")
-    for c, fld, got in zip(cfgs, fields, result.members, strict=False):
+    for c, fld, got in zip(cfgs, fields, result.members, strict=True):
         alone = fit(build_task_field(task, c), task.problem, c, device=torch.device("cpu"),
                     precision="fp32")
         for name, value in alone.metrics.items():
             assert got.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
         assert [r["step"] for r in got.history] == [r["step"] for r in alone.history]
         assert got.history[-1]["val_psnr"] == pytest.approx(alone.history[-1]["val_psnr"], rel=1e-4)
-        trained = alone.field.state_dict().values()
-        for (name, p), q in zip(fld.state_dict().items(), trained, strict=True):
-            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=name)
+        for (name, p), q in zip(fld.state_dict().items(), alone.field.state_dict().values(),
+                                strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=atol, msg=name)
         # Training moved the weights: the comparison is not of two untouched inits.
         init = build_task_field(task, c).state_dict()
-        moved = max(float((fld.state_dict()[k] - v).abs().max()) for k, v in init.items())
-        assert moved > 1e-3
+        assert max(float((fld.state_dict()[k] - v).abs().max()) for k, v in init.items()) > moved
 
 
 STACKED_FAMILIES = {
@@ -71,20 +77,7 @@ def test_stacked_members_equal_single_fits(tiny_rgb: Path, family: str, batch: i
     base = FitConfig(steps=12, batch=batch, **{**TINY, **STACKED_FAMILIES[family]})
     task = prepare_task("image", tiny_rgb, base)
     cfgs = [replace(base, seed=s) for s in (0, 1, 2)]
-    fields = [build_task_field(task, c) for c in cfgs]
-    result = train(fields, task.problem, base, seeds=[c.seed for c in cfgs],
-                   device=torch.device("cpu"), precision="fp32")
-    for c, fld, got in zip(cfgs, fields, result.members, strict=True):
-        alone = fit(build_task_field(task, c), task.problem, c, device=torch.device("cpu"),
-                    precision="fp32")
-        for name, value in alone.metrics.items():
-            assert got.metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
-        for (name, p), q in zip(fld.state_dict().items(), alone.field.state_dict().values(),
-                                strict=True):
-            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
-        init = build_task_field(task, c).state_dict()
-        moved = max(float((fld.state_dict()[k] - v).abs().max()) for k, v in init.items())
-        assert moved > 1e-6  # training moved the weights
+    assert_members_are_single_fits(task, base, cfgs, atol=1e-6, moved=1e-6)
 
 
 def test_stacked_hashgrid_members_on_a_sampler(tmp_path: Path) -> None:
