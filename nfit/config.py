@@ -33,8 +33,12 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "tf32")
 
 
-def _group(name: str, cli: bool = True) -> dict[str, Any]:
-    return {"group": name, "cli": cli}
+def _group(name: str, cli: bool = True, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Field metadata: the option's group, whether it is a flag, the signal kinds that read it."""
+    return {"group": name, "cli": cli, "kinds": kinds}
+
+
+MESH = ("sdf",)
 
 
 @dataclass
@@ -69,6 +73,8 @@ class FitConfig:
     """points per step; 0 = the kind's default (images: the full batch)"""
     eval_every: int = 25
     """steps between evaluations of the held-out sets"""
+    protocol: str | None = None
+    """a published recipe for this kind, set under the flags given: paper (the paper's lr per encoding, sigma, steps, full batch)"""
 
     levels: int | None = field(default=None, metadata=_group("grid"))
     """grid levels L (hashgrid 16, densegrid/mulfagrid 8)"""
@@ -91,21 +97,21 @@ class FitConfig:
     omega0: float | None = field(default=None, metadata=_group("siren"))
     """siren: frequency factor omega0 of the sine layers (default 30)"""
 
-    target: str | None = field(default=None, metadata=_group("mesh"))
+    target: str | None = field(default=None, metadata=_group("mesh", kinds=MESH))
     """sdf: sdf (signed distance, MSE) or occupancy (inside/outside, cross-entropy) (default sdf)"""
-    resolution: int | None = field(default=None, metadata=_group("mesh"))
+    resolution: int | None = field(default=None, metadata=_group("mesh", kinds=MESH))
     """sdf: marching-cubes grid per axis for recon.ply (default 256)"""
-    clamp: float | None = field(default=None, metadata=_group("mesh"))
+    clamp: float | None = field(default=None, metadata=_group("mesh", kinds=MESH))
     """sdf: fit the truncated distance clamp(s, -C, C) in [-1,1]^3 units; 0 = off (default 0)"""
-    pool: int | None = field(default=None, metadata=_group("mesh"))
+    pool: int | None = field(default=None, metadata=_group("mesh", kinds=MESH))
     """sdf: labelled points drawn once; each step samples --batch of them (default 200000)"""
-    mix: list[float] | None = field(default=None, metadata=_group("mesh", cli=False))
+    mix: list[float] | None = field(default=None, metadata=_group("mesh", cli=False, kinds=MESH))
     """sdf: pool fractions [fine, coarse, uniform] (default [0.4, 0.4, 0.2])"""
-    jitter: list[float] | None = field(default=None, metadata=_group("mesh", cli=False))
+    jitter: list[float] | None = field(default=None, metadata=_group("mesh", cli=False, kinds=MESH))
     """sdf: surface jitter scales [fine, coarse] (default [0.01, 0.1])"""
-    eval_points: int | None = field(default=None, metadata=_group("mesh", cli=False))
+    eval_points: int | None = field(default=None, metadata=_group("mesh", cli=False, kinds=MESH))
     """sdf: points of each held-out set scored during training (default 20000)"""
-    metric_points: int | None = field(default=None, metadata=_group("mesh", cli=False))
+    metric_points: int | None = field(default=None, metadata=_group("mesh", cli=False, kinds=MESH))
     """sdf: points of the final IoU, Chamfer and F-score (default 100000)"""
 
     def to_dict(self) -> dict[str, Any]:
@@ -261,12 +267,30 @@ def merge_config(file_values: dict[str, Any], flags: dict[str, Any], *,
         from nfit.signals import signal_kind
 
         values.update(signal_kind(kind).defaults)
+        if given.get("protocol") is not None:
+            values.update(protocol_values(kind, str(given["protocol"]),
+                                          str(given.get("encoding") or values.get("encoding") or FitConfig.encoding)))
+    elif given.get("protocol") is not None:
+        raise UsageError("--protocol needs a signal kind")
     values.update(given)
     values.update(registry_defaults(values))
     cfg = FitConfig(**{k: _coerce(k, v) for k, v in values.items()})
     cfg.validate()
     check_applicable(cfg, set(given), kind, encodings)
     return cfg
+
+
+def protocol_values(kind: str, name: str, encoding: str) -> dict[str, Any]:
+    """The options a kind's published recipe sets for one encoding (``SignalKind.protocols``:
+    ``{name: {"*": {...}, encoding: {...}}}``, the encoding's entries over the shared ones)."""
+    from nfit.signals import signal_kind
+
+    protocols = getattr(signal_kind(kind), "protocols", {})
+    if name not in protocols:
+        have = ", ".join(sorted(protocols)) or "none"
+        raise UsageError(f"--protocol {name!r} is not defined for {kind} fits (defined: {have})")
+    recipe = protocols[name]
+    return {**recipe.get("*", {}), **recipe.get(encoding, {})}
 
 
 def check_applicable(cfg: FitConfig, given: set[str], kind: str | None,
@@ -284,5 +308,6 @@ def check_applicable(cfg: FitConfig, given: set[str], kind: str | None,
                              f"not --encoding {','.join(names)}")
         if group == "siren" and key not in getattr(NETWORKS.get(cfg.model), "params", ()):
             raise UsageError(f"--{key.replace('_', '-')} applies to --model siren only")
-        if group == "mesh" and kind is not None and kind != "sdf":
-            raise UsageError(f"--{key.replace('_', '-')} applies to sdf fits only, not {kind}")
+        kinds = OPTIONS[key].metadata.get("kinds")
+        if kinds and kind is not None and kind not in kinds:
+            raise UsageError(f"--{key.replace('_', '-')} applies to {', '.join(kinds)} fits only, not {kind}")

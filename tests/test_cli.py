@@ -232,3 +232,15 @@ def test_sdf_default_sigma_lives_on_the_kind() -> None:
     assert KernelSpec(kind="sdf", input="m.obj").config().sigma == 2.0
     assert FitSpec(kind="image", input="p.png").config().sigma == 10.0
     assert FitSpec(kind="sdf", input="m.obj", options={"sigma": 4}).config().sigma == 4.0
+
+
+def test_protocol_sets_the_kinds_recipe_under_the_flags():
+    from nfit.config import merge_config
+    from nfit.errors import UsageError
+
+    cfg = merge_config({}, {"protocol": "paper", "steps": 5}, kind="image")
+    assert (cfg.lr, cfg.steps, cfg.batch, cfg.split) == (1e-3, 5, 0, "paper")
+    with pytest.raises(UsageError, match="not defined for sdf fits"):
+        merge_config({}, {"protocol": "paper"}, kind="sdf")
+    with pytest.raises(UsageError, match="applies to sdf fits only, not image"):
+        merge_config({}, {"target": "sdf"}, kind="image")

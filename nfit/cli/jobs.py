@@ -58,7 +58,7 @@ def _parameters(spec_cls: type[JobSpec], kind: str | None) -> list[inspect.Param
     for name, f in OPTIONS.items():
         group = f.metadata.get("group")
         if (not f.metadata.get("cli", True) or name in EXCLUDED.get(spec_cls.command, ())
-                or (group == "mesh" and kind not in (None, "sdf"))):
+                or (f.metadata.get("kinds") and kind is not None and kind not in f.metadata["kinds"])):
             continue
         text = helps[name] + (f" (default here: {defaults[name]:g})" if name in defaults else "")
         annotation = str(f.type) if "None" in str(f.type) else f"{f.type} | None"

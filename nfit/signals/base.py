@@ -38,6 +38,8 @@ class SignalKind(Protocol):
     extensions: tuple[str, ...]
     #: option values this kind implies unless given (under the YAML file and the flags)
     defaults: dict[str, Any]
+    #: published recipes (``--protocol NAME``): {name: {"*": options, encoding: options}}
+    protocols: dict[str, dict[str, dict[str, Any]]]
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         """Load the file and build the fitting problem. Raises DataError/UsageError."""

@@ -90,6 +90,9 @@ class ImageKind:
     extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
     #: the paper's protocol: full-batch steps
     defaults: dict[str, Any] = {}
+    #: tancik/fourier-feature-networks, Experiments/2d_image: 2000 full-batch Adam steps at 1e-3
+    protocols: dict[str, dict[str, dict[str, Any]]] = {
+        "paper": {"*": {"steps": 2000, "lr": 1e-3, "batch": 0, "split": "paper"}}}
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_image(path)

@@ -202,6 +202,7 @@ class SdfKind:
     #: sigma 10 overfits the sampled points on [-1, 1]^3 (spot, 300 steps: IoU 0.09 at
     #: sigma 8, 0.96 at 2, 0.98 at 1; bench/bench_sdf.py); each step draws 16,384 points
     defaults: dict[str, Any] = {"sigma": 2.0, "batch": DEFAULTS["batch"]}
+    protocols: dict[str, dict[str, dict[str, Any]]] = {}
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         opts = mesh_options(cfg)

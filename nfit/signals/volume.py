@@ -270,6 +270,7 @@ class VolumeKind:
     extensions: tuple[str, ...] = VOLUME_EXTENSIONS
     #: the full batch of a volume would not fit: random voxels per step
     defaults: dict[str, Any] = {"batch": VOLUME_BATCH}
+    protocols: dict[str, dict[str, dict[str, Any]]] = {}
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_volume(path)
