@@ -90,8 +90,9 @@ def fit_task(task: Task, cfg: FitConfig,
 
 
 def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,
-                  out_dir: Path) -> dict[str, Any]:
-    """Write every output of a fit into ``out_dir``; report.json is written last."""
+                  out_dir: Path, job: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write every output of a fit into ``out_dir``; report.json is written last. ``job``
+    (``JobSpec.record()``) is kept in the report, so the report says how to rerun it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = signal_kind(kind).write_outputs(task, result, out_dir)
     report: dict[str, Any] = {
@@ -108,6 +109,8 @@ def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,
         "config": cfg.to_dict(),
         "versions": versions(),
     }
+    if job is not None:
+        report["job"] = job
     metric = task.problem.metric_name
     for role in ("train", "val", "test"):
         if f"{role}_{metric}" in result.metrics:
@@ -208,7 +211,7 @@ def _run_fit(spec: FitSpec, reporter: Reporter) -> dict[str, Any]:
                                       f"{kept}") from None
             raise
     try:
-        report = write_results(spec.kind, task, cfg, result, out_dir)
+        report = write_results(spec.kind, task, cfg, result, out_dir, job=spec.record())
     except BaseException:
         if not existed and hook.saved_step is None:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -241,7 +244,7 @@ def _run_sweep(spec: SweepSpec, reporter: Reporter) -> dict[str, Any]:
     result = run_sweep(task, cfg, encodings, sigma_spec, spec.seeds, rounds=spec.rounds,
                        memory=int(spec.memory * 2**30) if spec.memory is not None else None,
                        on_group=reporter.group, on_note=reporter.note, configs=per_encoding)
-    return write_sweep(spec.kind, task, cfg, result, out_dir)
+    return write_sweep(spec.kind, task, cfg, result, out_dir, job=spec.record())
 
 
 def _run_kernel(spec: KernelSpec, reporter: Reporter) -> dict[str, Any]:

@@ -28,12 +28,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
                                     dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    # mkstemp creates 0600; give the file the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
+        # mkstemp creates 0600, and some writers (safetensors) recreate the file with their
+        # own mode: give the result the permissions a plain open() would, under the umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -45,6 +45,17 @@ class StopFlag:
 
 
 @contextlib.contextmanager
+def stop_handler(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` for SIGINT and SIGTERM within the block; the previous ones after it."""
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
 def deferred_signals() -> Iterator[StopFlag]:
     """Within the block SIGINT and SIGTERM only set the flag (the fit loop acts on it at a
     step boundary, where the state is consistent); a second SIGINT raises at once. The
@@ -60,12 +71,8 @@ def deferred_signals() -> Iterator[StopFlag]:
             raise KeyboardInterrupt
         flag.signum = signum
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_handler(handler):
         yield flag
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
     if flag.signum is not None:
         signal.raise_signal(flag.signum)
 

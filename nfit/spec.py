@@ -16,6 +16,7 @@ at the top or inside ``options``, is a usage error naming the closest valid one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -69,6 +70,38 @@ class JobSpec:
         return Path("runs") / (Path(self.input).stem + self.out_suffix)
 
     out_suffix: ClassVar[str] = ""
+    #: the file written last, whose presence says the job finished
+    marker: ClassVar[str] = "report.json"
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the job's result: the command, the kind, the input's name and bytes,
+        every resolved option and the command's own fields. Where the results go and how
+        the job is run (--out, --force, --resume, checkpoints, the memory guard) are not part
+        of it, nor is the input's directory, so a moved data folder is still the same job."""
+        data = {k: v for k, v in self.to_dict().items() if k not in RUN_FIELDS}
+        data["options"] = self.config().to_dict()
+        source = Path(self.input)
+        data["input"] = source.name
+        if source.is_file():
+            digest = hashlib.sha256()
+            with open(source, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            data["input_sha256"] = digest.hexdigest()
+        return data
+
+    def hash(self) -> str:
+        """A short digest of ``identity()``: equal hashes, equal jobs."""
+        text = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def record(self) -> dict[str, Any]:
+        """The entry a finished job's report keeps: its spec and hash (``nfit run`` reruns it)."""
+        return {"spec": self.to_dict(), "hash": self.hash()}
+
+
+#: spec fields that say how a job runs, not what it computes
+RUN_FIELDS = ("out", "force", "resume", "checkpoint_every", "max_memory")
 
 
 @dataclass
@@ -90,6 +123,7 @@ class SweepSpec(JobSpec):
 
     command: ClassVar[str] = "sweep"
     out_suffix: ClassVar[str] = "-sweep"
+    marker: ClassVar[str] = "sweep.json"
     encodings: str = "gauss"
     """comma-separated encodings, e.g. gauss,posenc,hashgrid"""
     sigmas: str = "auto"

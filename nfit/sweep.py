@@ -527,7 +527,7 @@ def sweep_report(kind: str, task: Task, base: FitConfig, result: SweepResult) ->
 
 
 def write_sweep(kind: str, task: Task, base: FitConfig, result: SweepResult,
-                out_dir: Path) -> dict[str, Any]:
+                out_dir: Path, job: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write sweep.csv, sweep.png, the chosen member's outputs as ``nfit <kind>`` writes
     them (model.safetensors, reconstruction, report.json, ...), then sweep.json last."""
     out_dir = Path(out_dir)
@@ -535,8 +535,10 @@ def write_sweep(kind: str, task: Task, base: FitConfig, result: SweepResult,
     atomic_write_bytes(out_dir / "sweep.csv", _csv(member_rows(result)).encode())
     plot_sweep(out_dir / "sweep.png", result, title=Path(str(task.meta.get("source", ""))).name)
     best_report = write_results(kind, task, result.best_fit_config(base), result.best_fit_result(),
-                                out_dir)
+                                out_dir, job=job)
     report = sweep_report(kind, task, base, result)
+    if job is not None:
+        report["job"] = job
     report["files"] = sorted(set(best_report.get("files", [])) |
                              {"sweep.csv", "sweep.png", "sweep.json"})
     report["out"] = str(out_dir)

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from nfit import __version__
-from nfit.cli import jobs, kernel_cmds, model_cmds
+from nfit.cli import batch_cmds, jobs, kernel_cmds, model_cmds
 
 app = typer.Typer(
     name="nfit",
@@ -28,6 +28,8 @@ app.command("spectral-bias")(kernel_cmds.spectral_bias)
 app.command()(jobs.resume)
 app.command()(jobs.sweep)
 app.command("run")(jobs.run_spec)
+app.command()(batch_cmds.batch)
+app.command()(batch_cmds.table)
 
 
 def _version(value: bool) -> None:
