@@ -15,6 +15,8 @@ Progress goes to a ``Reporter`` (silent by default; the CLI's draws rich progres
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import dataclasses
 import platform
 import shutil
 from collections.abc import Callable, Iterator
@@ -45,6 +47,7 @@ from nfit.problem import FitResult, FitState, StepHook
 from nfit.resume import RESUME_FILE, file_sha256, load_resume, read_resume_header
 from nfit.signals import Task, build_task_field, signal_kind
 from nfit.spec import FitSpec, JobSpec, KernelSpec, SweepSpec
+from nfit.stdio import STDIO, stdin_signal
 from nfit.train import fit
 
 __all__ = ["Reporter", "build_task_field", "fit_task", "prepare_task", "run", "versions",
@@ -74,9 +77,16 @@ def versions() -> dict[str, str]:
     return {"nfit": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+#: the name a signal read from standard input goes by in reports ("-")
+_SOURCE_NAME: contextvars.ContextVar[str | None] = contextvars.ContextVar("source_name", default=None)
+
+
 def prepare_task(kind: str, path: str | Path, cfg: FitConfig) -> Task:
     """Load ``path`` as a signal of ``kind`` and build its fitting problem."""
-    return signal_kind(kind).prepare(Path(path), cfg.validate())
+    task = signal_kind(kind).prepare(Path(path), cfg.validate())
+    if _SOURCE_NAME.get() is not None:
+        task.meta["source"] = _SOURCE_NAME.get()
+    return task
 
 
 def fit_task(task: Task, cfg: FitConfig,
@@ -133,6 +143,8 @@ def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,
 def run(spec: JobSpec, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run a fit, sweep or kernel spec; returns its report (with "out")."""
     reporter = reporter or Reporter()
+    if spec.input == STDIO:
+        return _run_stdin(spec, reporter)
     if isinstance(spec, FitSpec):
         return _run_fit(spec, reporter)
     if isinstance(spec, SweepSpec):
@@ -140,6 +152,19 @@ def run(spec: JobSpec, reporter: Reporter | None = None) -> dict[str, Any]:
     if isinstance(spec, KernelSpec):
         return _run_kernel(spec, reporter)
     raise UsageError(f"not a job spec: {type(spec).__name__}")
+
+
+def _run_stdin(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
+    """The job on the signal piped into standard input (written to runs/stdin by default)."""
+    if getattr(spec, "resume", False):
+        raise UsageError("--resume needs the signal in a file; standard input is read only once")
+    with stdin_signal(spec.kind, signal_kind(spec.kind).extensions) as path:
+        out = spec.out or str(Path("runs") / f"stdin{spec.out_suffix}")
+        token = _SOURCE_NAME.set(STDIO)
+        try:
+            return run(dataclasses.replace(spec, input=str(path), out=out), reporter)
+        finally:
+            _SOURCE_NAME.reset(token)
 
 
 def resume_spec(directory: str | Path, checkpoint_every: int | None = None,

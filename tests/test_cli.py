@@ -244,3 +244,31 @@ def test_protocol_sets_the_kinds_recipe_under_the_flags():
         merge_config({}, {"protocol": "paper"}, kind="sdf")
     with pytest.raises(UsageError, match="applies to sdf fits only, not image"):
         merge_config({}, {"target": "sdf"}, kind="image")
+
+
+def test_signals_come_on_stdin_and_renders_go_to_stdout(tiny_rgb: Path, tmp_path: Path) -> None:
+    """`nfit image -` fits the piped file exactly as the file itself; `render --out -`
+    writes the same bytes as a render to a file, and nothing else, to stdout."""
+    piped = runner.invoke(app, ["image", "-", *TINY, "--out", str(tmp_path / "piped"), "--json"],
+                          input=tiny_rgb.read_bytes())
+    assert piped.exit_code == 0, piped.output
+    direct = run("image", str(tiny_rgb), *TINY, "--out", str(tmp_path / "file"), "--json")
+    a, b = json.loads(piped.stdout), json.loads(direct.stdout)
+    assert a["metrics"] == b["metrics"] and a["signal"]["source"] == "-"
+    model = tmp_path / "file" / "model.safetensors"
+    assert oct(model.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # the umask, not 0600
+    to_file = run("render", str(model), "--out", str(tmp_path / "r.png"), "--size", "20x10", "--quiet")
+    assert to_file.exit_code == 0, to_file.output
+    to_stdout = runner.invoke(app, ["render", str(model), "--out", "-", "--size", "20x10"])
+    assert to_stdout.exit_code == 0 and to_stdout.stdout_bytes == (tmp_path / "r.png").read_bytes()
+    one_line_error(runner.invoke(app, ["volume", "-", "--steps", "2"], input=tiny_rgb.read_bytes()),
+                   1, "a .png file, not a volume signal")
+    one_line_error(runner.invoke(app, ["image", "-"], input=b""), 2, "standard input is empty")
+    one_line_error(run("render", str(model), "--out", "-", "--format", "ply"), 2,
+                   "unsupported output extension")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -52,7 +52,7 @@ def _parameters(spec_cls: type[JobSpec], kind: str | None) -> list[inspect.Param
         params.append(inspect.Parameter("kind", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
             str, typer.Argument(help=f"signal kind: {', '.join(SIGNAL_KINDS)}")]))
     params.append(inspect.Parameter("path", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
-        Path, typer.Argument(help="the signal file")]))
+        Path, typer.Argument(help="the signal file; - reads it from standard input")]))
     helps = option_help(FitConfig)
     defaults = signal_kind(kind).defaults if kind else {}
     for name, f in OPTIONS.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -13,25 +14,41 @@ from nfit.checkpoint import check_shapes, expected_shapes, load_checkpoint, read
 from nfit.cli.common import Device, Json, Quiet, emit, handle_errors, stdout
 from nfit.device import resolve_device
 from nfit.encodings import ENCODINGS
+from nfit.errors import UsageError
 from nfit.io import check_output_file
 from nfit.signals import signal_kind
+from nfit.stdio import STDIO, copy_to_stdout
 
 
 def render(
     model: Annotated[Path, typer.Argument(help="a model.safetensors written by nfit")],
-    out: Annotated[Path, typer.Option(help="output file; its extension picks the format")],
+    out: Annotated[Path, typer.Option(help="output file; its extension picks the format; - writes to stdout (with --format)")],
     size: Annotated[str | None, typer.Option(help="grid size: WIDTHxHEIGHT for images, AxBxC for volumes")] = None,
     resolution: Annotated[int | None, typer.Option(help="marching-cubes resolution for SDF/occupancy fields")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="the format written to stdout with --out -, e.g. png, npy, ply (default: the kind's first)")] = None,
     device: Device = None, json_out: Json = False, quiet: Quiet = False,
 ) -> None:
     """Evaluate a fitted field at any resolution, in memory-bounded chunks."""
     with handle_errors():
         meta, _ = read_header(model)
         kind = signal_kind(meta["signal"].get("kind", ""))
-        check_output_file(out, kind.render_extensions())
+        allowed = kind.render_extensions()
+        to_stdout = str(out) == STDIO
+        if format is not None and not to_stdout:
+            raise UsageError("--format is for --out - (a file's extension picks its format)")
+        if to_stdout and json_out:
+            raise UsageError("--out - writes the rendering to stdout; --json cannot share it")
+        suffix = "." + (format or allowed[0].lstrip(".")).lower().lstrip(".")
+        check_output_file(Path("stdout" + suffix) if to_stdout else out, allowed)
         fld, meta = load_checkpoint(model, resolve_device(device or "auto"))
-        summary = kind.render(fld, meta["signal"], out, size=size, resolution=resolution)
-        emit(summary, json_out, quiet, list(summary.items()))
+        if not to_stdout:
+            summary = kind.render(fld, meta["signal"], out, size=size, resolution=resolution)
+            emit(summary, json_out, quiet, list(summary.items()))
+            return
+        with tempfile.TemporaryDirectory(prefix="nfit-render-") as folder:
+            target = Path(folder) / f"render{suffix}"
+            kind.render(fld, meta["signal"], target, size=size, resolution=resolution)
+            copy_to_stdout(target)
 
 
 def info(
