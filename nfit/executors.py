@@ -175,6 +175,13 @@ class LocalExecutor:
                     for proc, _, _ in busy.values():
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(proc.pid, signal.SIGINT)
+                if len(stops) > 1:  # a second request: stop now, the states of the last checkpoints kept
+                    for proc, job, attempt in busy.values():
+                        proc.kill()
+                        finished(JobResult(job["name"], "interrupted", error="stopped at once (second interrupt)",
+                                           attempts=attempt))
+                    busy.clear()
+                    break
                 ready = wait([*busy, *(p.sentinel for p, _, _ in busy.values())], timeout=0.5)
                 for conn, (proc, job, attempt) in list(busy.items()):
                     if conn not in ready and proc.sentinel not in ready:
@@ -282,6 +289,10 @@ class RayExecutor:
                     stopping = True
                     for ref in refs:
                         ray.cancel(ref, force=False)  # a KeyboardInterrupt in the task: it saves
+                elif len(stops) > 1 and stops[-1] != -1:  # a second request: kill the tasks' workers
+                    stops.append(-1)
+                    for ref in refs:
+                        ray.cancel(ref, force=True)
                 done, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
                 for ref in done:
                     job = refs.pop(ref)

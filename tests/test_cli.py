@@ -239,7 +239,10 @@ def test_protocol_sets_the_kinds_recipe_under_the_flags():
     from nfit.errors import UsageError
 
     cfg = merge_config({}, {"protocol": "paper", "steps": 5}, kind="image")
-    assert (cfg.lr, cfg.steps, cfg.batch, cfg.split) == (1e-3, 5, 0, "paper")
+    assert (cfg.lr, cfg.steps, cfg.batch, cfg.split, cfg.sigma) == (1e-3, 5, 0, "paper", 10.0)
+    basic = merge_config({}, {"protocol": "paper", "encoding": "basic", "lr": 3e-3}, kind="image")
+    assert (basic.lr, basic.steps) == (3e-3, 2000)  # the flag over the recipe's 1e-2
+    assert merge_config({}, {"protocol": "paper", "encoding": "none"}, kind="image").lr == 1e-2
     with pytest.raises(UsageError, match="not defined for sdf fits"):
         merge_config({}, {"protocol": "paper"}, kind="sdf")
     with pytest.raises(UsageError, match="applies to sdf fits only, not image"):

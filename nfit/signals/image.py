@@ -90,9 +90,13 @@ class ImageKind:
     extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
     #: the paper's protocol: full-batch steps
     defaults: dict[str, Any] = {}
-    #: tancik/fourier-feature-networks, Experiments/2d_image: 2000 full-batch Adam steps at 1e-3
+    #: Tancik et al. 2020, appendix E.1 (natural images): 2000 full-batch Adam steps, lr 1e-3
+    #: for the Fourier mappings and 1e-2 for none and basic, sigma_g = 10; the notebook's
+    #: posenc scale 6 means frequencies up to 2^6, which is sigma 64 in nfit's posenc
     protocols: dict[str, dict[str, dict[str, Any]]] = {
-        "paper": {"*": {"steps": 2000, "lr": 1e-3, "batch": 0, "split": "paper"}}}
+        "paper": {"*": {"steps": 2000, "lr": 1e-3, "batch": 0, "split": "paper"},
+                  "none": {"lr": 1e-2}, "basic": {"lr": 1e-2}, "posenc": {"sigma": 64.0},
+                  "gauss": {"sigma": 10.0}}}
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_image(path)
