@@ -14,12 +14,11 @@ Progress goes to a ``Reporter`` (silent by default; the CLI's draws rich progres
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import dataclasses
 import platform
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ from nfit.job import (
 )
 from nfit.memory import guard_memory
 from nfit.problem import FitResult, FitState, StepHook
+from nfit.reporting import Reporter
 from nfit.resume import RESUME_FILE, file_sha256, load_resume, read_resume_header
 from nfit.signals import Task, build_task_field, signal_kind
 from nfit.spec import FitSpec, JobSpec, KernelSpec, SweepSpec
@@ -52,25 +52,6 @@ from nfit.train import fit
 
 __all__ = ["Reporter", "build_task_field", "fit_task", "prepare_task", "run", "versions",
            "write_results"]
-
-
-class Reporter:
-    """Where a job's progress goes. This one says nothing; override what you want to see."""
-
-    @contextlib.contextmanager
-    def fit(self, total: int, metric: str) -> Iterator[Callable[[dict[str, float]], None] | None]:
-        """Around a fit of ``total`` steps: yields the ``on_eval(row)`` callback, or None."""
-        yield None
-
-    def group(self, label: str, steps: int) -> Callable[[int], None] | None:
-        """A sweep's stack starts: returns the per-step ``tick(step)``, or None."""
-        return None
-
-    def note(self, text: str) -> None:
-        """Something the user should know that is not an error."""
-
-    def study(self, study: Any) -> None:
-        """One encoding's kernel study is done."""
 
 
 def versions() -> dict[str, str]:

@@ -90,10 +90,10 @@ class BatchJob:
 
 def infer_kind(path: str) -> str:
     """The signal kind a file's extension names; a usage error when none or several do."""
-    from nfit.signals import SIGNAL_KINDS
+    from nfit.kinds import KINDS
 
     name = Path(path).name.lower()
-    kinds = [k for k, sk in SIGNAL_KINDS.items() if any(name.endswith(e) for e in sk.extensions)]
+    kinds = [k for k, facts in KINDS.items() if any(name.endswith(e) for e in facts.extensions)]
     if len(kinds) == 1:
         return kinds[0]
     if not kinds:

@@ -264,9 +264,9 @@ def merge_config(file_values: dict[str, Any], flags: dict[str, Any], *,
         given.update(source)
     values: dict[str, Any] = {}
     if kind is not None:
-        from nfit.signals import signal_kind
+        from nfit.kinds import kind_facts
 
-        values.update(signal_kind(kind).defaults)
+        values.update(kind_facts(kind).defaults)
         if given.get("protocol") is not None:
             values.update(protocol_values(kind, str(given["protocol"]),
                                           str(given.get("encoding") or values.get("encoding") or FitConfig.encoding)))
@@ -283,9 +283,9 @@ def merge_config(file_values: dict[str, Any], flags: dict[str, Any], *,
 def protocol_values(kind: str, name: str, encoding: str) -> dict[str, Any]:
     """The options a kind's published recipe sets for one encoding (``SignalKind.protocols``:
     ``{name: {"*": {...}, encoding: {...}}}``, the encoding's entries over the shared ones)."""
-    from nfit.signals import signal_kind
+    from nfit.kinds import kind_facts
 
-    protocols = getattr(signal_kind(kind), "protocols", {})
+    protocols = kind_facts(kind).protocols
     if name not in protocols:
         have = ", ".join(sorted(protocols)) or "none"
         raise UsageError(f"--protocol {name!r} is not defined for {kind} fits (defined: {have})")

@@ -275,3 +275,17 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_help_and_argument_errors_do_not_load_torch() -> None:
+    """`nfit --help`, a command's help and its argument errors answer without importing
+    torch (the kinds' facts and the options are torch-free), so they are quick."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from nfit.cli import main; sys.argv = ['nfit', *sys.argv[1:]]\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
+    for args in (["--help"], ["image", "--help"], ["batch", "--help"], ["image", "x.png", "--steps", "many"]):
+        proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
+        assert proc.stderr.strip().endswith("NO-TORCH"), (args, proc.stderr[-300:])

@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from nfit.api import Reporter
 from nfit.errors import Interrupted, NfitError
 from nfit.io import json_safe
+from nfit.reporting import Reporter
 
 stderr = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)

@@ -17,11 +17,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from nfit.api import resume_spec, run
 from nfit.cli.common import RichReporter, emit, fmt, handle_errors, stdout
 from nfit.config import OPTIONS, FitConfig, load_yaml_config, option_help, value_type
 from nfit.io import json_safe
-from nfit.signals import SIGNAL_KINDS, signal_kind
+from nfit.kinds import KINDS, kind_facts
 from nfit.spec import FitSpec, JobSpec, KernelSpec, SweepSpec
 
 PANELS = {"grid": "Grid encodings", "siren": "SIREN", "mesh": "Meshes (sdf)", None: "Fit"}
@@ -50,11 +49,11 @@ def _parameters(spec_cls: type[JobSpec], kind: str | None) -> list[inspect.Param
     params = []
     if kind is None:
         params.append(inspect.Parameter("kind", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
-            str, typer.Argument(help=f"signal kind: {', '.join(SIGNAL_KINDS)}")]))
+            str, typer.Argument(help=f"signal kind: {', '.join(KINDS)}")]))
     params.append(inspect.Parameter("path", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
         Path, typer.Argument(help="the signal file; - reads it from standard input")]))
     helps = option_help(FitConfig)
-    defaults = signal_kind(kind).defaults if kind else {}
+    defaults = kind_facts(kind).defaults if kind else {}
     for name, f in OPTIONS.items():
         group = f.metadata.get("group")
         if (not f.metadata.get("cli", True) or name in EXCLUDED.get(spec_cls.command, ())
@@ -88,7 +87,7 @@ def job_command(spec_cls: type[JobSpec], name: str, doc: str, kind: str | None =
     def command(**args: Any) -> None:
         with handle_errors():
             job_kind = kind or args["kind"]
-            signal_kind(job_kind)
+            kind_facts(job_kind)
             flags = {k: args[k] for k in option_names if args[k] is not None}
             options = {**load_yaml_config(args["config"]), **flags}
             spec = spec_cls(kind=job_kind, input=str(args["path"]), options=options,
@@ -103,6 +102,8 @@ def job_command(spec_cls: type[JobSpec], name: str, doc: str, kind: str | None =
 
 def execute(spec: JobSpec, as_json: bool, quiet: bool) -> None:
     """Run the spec with progress on stderr, then its results on stdout."""
+    from nfit.api import run
+
     reporter = RichReporter(quiet or as_json)
     try:
         report = run(spec, reporter)
@@ -182,6 +183,8 @@ def resume(
 ) -> None:
     """Continue an interrupted fit of any kind from DIR/resume.safetensors (same options, seed)."""
     with handle_errors():
+        from nfit.api import resume_spec
+
         execute(resume_spec(directory, checkpoint_every, max_memory), json_out, quiet)
 
 

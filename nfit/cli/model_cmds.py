@@ -10,13 +10,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from nfit.checkpoint import check_shapes, expected_shapes, load_checkpoint, read_header
 from nfit.cli.common import Device, Json, Quiet, emit, handle_errors, stdout
-from nfit.device import resolve_device
-from nfit.encodings import ENCODINGS
 from nfit.errors import UsageError
 from nfit.io import check_output_file
-from nfit.signals import signal_kind
 from nfit.stdio import STDIO, copy_to_stdout
 
 
@@ -30,6 +26,10 @@ def render(
 ) -> None:
     """Evaluate a fitted field at any resolution, in memory-bounded chunks."""
     with handle_errors():
+        from nfit.checkpoint import load_checkpoint, read_header
+        from nfit.device import resolve_device
+        from nfit.signals import signal_kind
+
         meta, _ = read_header(model)
         kind = signal_kind(meta["signal"].get("kind", ""))
         allowed = kind.render_extensions()
@@ -57,6 +57,8 @@ def info(
 ) -> None:
     """Validate a checkpoint and describe it, without loading it onto a device."""
     with handle_errors():
+        from nfit.checkpoint import check_shapes, expected_shapes, read_header
+
         # Header and JSON only; the field is built on the meta device (no memory, no device).
         meta, table = read_header(model)
         check_shapes(model, expected_shapes(model, meta["field"]), table)
@@ -80,6 +82,8 @@ def info(
 
 def encodings(json_out: Json = False, quiet: Quiet = False) -> None:
     """List the registered encodings, their parameters, and what --sigma means for each."""
+    from nfit.encodings import ENCODINGS
+
     entries = [{"name": name, "summary": cls.summary, "sigma": cls.sigma_meaning,
                 "parameters": list(cls.params), "learned": cls.trainable,
                 "uses_sigma": cls.uses_sigma}

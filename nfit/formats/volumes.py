@@ -24,11 +24,11 @@ import numpy as np
 
 from nfit.errors import DataError, UsageError
 from nfit.io import atomic_path, atomic_write_bytes
+from nfit.kinds import VOLUME_EXTENSIONS
 
 #: Largest volume accepted (voxels x channels): its float32 copy is 2 GB.
 MAX_VOXELS = 1 << 29
 MAX_CHANNELS = 4
-VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".npy", ".tif", ".tiff")
 
 
 @dataclass

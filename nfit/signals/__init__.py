@@ -1,20 +1,20 @@
-"""Signal kinds, found through one registry: ``SIGNAL_KINDS[name]``."""
+"""Signal kinds' implementations, found through one registry (``nfit.kinds.KINDS``, whose
+facts name each implementation): ``signal_kind(name)``, or ``SIGNAL_KINDS[name]``."""
 
 from __future__ import annotations
 
-from nfit.errors import UsageError
-from nfit.signals.base import SignalKind, Task, build_task_field
-from nfit.signals.image import IMAGE
-from nfit.signals.mesh import SDF
-from nfit.signals.volume import VOLUME
+import importlib
 
-SIGNAL_KINDS: dict[str, SignalKind] = {IMAGE.name: IMAGE, VOLUME.name: VOLUME, SDF.name: SDF}
+from nfit.kinds import KINDS, kind_facts
+from nfit.signals.base import SignalKind, Task, build_task_field
 
 
 def signal_kind(name: str) -> SignalKind:
-    if name not in SIGNAL_KINDS:
-        raise UsageError(f"unknown signal kind {name!r}; choose from {', '.join(SIGNAL_KINDS)}")
-    return SIGNAL_KINDS[name]
+    module, attr = kind_facts(name).implementation.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+SIGNAL_KINDS: dict[str, SignalKind] = {name: signal_kind(name) for name in KINDS}
 
 
 __all__ = ["SIGNAL_KINDS", "SignalKind", "Task", "build_task_field", "signal_kind"]

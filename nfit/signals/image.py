@@ -19,6 +19,7 @@ from nfit.config import FitConfig
 from nfit.errors import UsageError
 from nfit.field import Field
 from nfit.formats.images import CHANNEL_NAMES, IMAGE_WRITE_EXTENSIONS, read_image, write_image
+from nfit.kinds import KINDS
 from nfit.metrics import ssim
 from nfit.plots import plot_curve, plot_error_map, write_curve_csv
 from nfit.problem import FitResult, PointSource, Problem
@@ -87,16 +88,10 @@ def parse_size(text: str, dims: int) -> tuple[int, ...]:
 
 class ImageKind:
     name: str = "image"
-    extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-    #: the paper's protocol: full-batch steps
-    defaults: dict[str, Any] = {}
-    #: Tancik et al. 2020, appendix E.1 (natural images): 2000 full-batch Adam steps, lr 1e-3
-    #: for the Fourier mappings and 1e-2 for none and basic, sigma_g = 10; the notebook's
-    #: posenc scale 6 means frequencies up to 2^6, which is sigma 64 in nfit's posenc
-    protocols: dict[str, dict[str, dict[str, Any]]] = {
-        "paper": {"*": {"steps": 2000, "lr": 1e-3, "batch": 0, "split": "paper"},
-                  "none": {"lr": 1e-2}, "basic": {"lr": 1e-2}, "posenc": {"sigma": 64.0},
-                  "gauss": {"sigma": 10.0}}}
+    facts = KINDS["image"]
+    extensions = facts.extensions
+    defaults = facts.defaults
+    protocols = facts.protocols
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_image(path)

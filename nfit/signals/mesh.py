@@ -41,7 +41,6 @@ from nfit.config import FitConfig
 from nfit.errors import DataError, UsageError
 from nfit.field import Field
 from nfit.formats.meshes import (
-    MESH_EXTENSIONS,
     MESH_WRITE_EXTENSIONS,
     Mesh,
     Normalisation,
@@ -49,13 +48,14 @@ from nfit.formats.meshes import (
     write_mesh,
 )
 from nfit.geometry import inside, iou, sample_surface, signed_distance, surface_metrics
+from nfit.kinds import KINDS
 from nfit.plots import plot_curve, write_curve_csv
 from nfit.problem import BCEObjective, FitResult, Objective, Problem
 from nfit.signals.base import Task
 
 TARGETS = ("sdf", "occupancy")
 DEFAULTS: dict[str, Any] = {"target": "sdf", "resolution": 256, "clamp": 0.0, "pool": 200_000,
-                            "batch": 16_384, "mix": (0.4, 0.4, 0.2), "jitter": (0.01, 0.1),
+                            "batch": KINDS["sdf"].defaults["batch"], "mix": (0.4, 0.4, 0.2), "jitter": (0.01, 0.1),
                             "eval_points": 20_000, "metric_points": 100_000}
 #: near-surface IoU points: surface samples jittered by this standard deviation (domain units)
 NEAR_SURFACE_JITTER = 0.01
@@ -198,11 +198,10 @@ def mesh_objective(target: str) -> Objective:
 
 class SdfKind:
     name: str = "sdf"
-    extensions: tuple[str, ...] = MESH_EXTENSIONS
-    #: sigma 10 overfits the sampled points on [-1, 1]^3 (spot, 300 steps: IoU 0.09 at
-    #: sigma 8, 0.96 at 2, 0.98 at 1; bench/bench_sdf.py); each step draws 16,384 points
-    defaults: dict[str, Any] = {"sigma": 2.0, "batch": DEFAULTS["batch"]}
-    protocols: dict[str, dict[str, dict[str, Any]]] = {}
+    facts = KINDS["sdf"]
+    extensions = facts.extensions
+    defaults = facts.defaults
+    protocols = facts.protocols
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         opts = mesh_options(cfg)

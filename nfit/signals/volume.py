@@ -40,6 +40,7 @@ from nfit.formats.volumes import (
     scaled_affine,
     write_volume,
 )
+from nfit.kinds import KINDS
 from nfit.metrics import ssim
 from nfit.plots import _figure, _save, plot_curve, write_curve_csv
 from nfit.problem import FitResult, Problem
@@ -48,7 +49,7 @@ from nfit.signals.grid import grid_coords, parse_split, render_grid
 from nfit.signals.image import parse_size
 
 #: Voxels per step when --batch is 0 (the full batch of a volume would not fit).
-VOLUME_BATCH = 1 << 16
+VOLUME_BATCH = KINDS["volume"].defaults["batch"]
 RECON_NAMES = {"nifti": "recon.nii.gz", "npy": "recon.npy", "tiff": "recon.tif"}
 ROLE_CODES = {"train": 0, "val": 1, "test": 2}
 
@@ -267,10 +268,10 @@ def plot_volume_slices(path: Path, truth: list[np.ndarray], recon: list[np.ndarr
 
 class VolumeKind:
     name = "volume"
-    extensions: tuple[str, ...] = VOLUME_EXTENSIONS
-    #: the full batch of a volume would not fit: random voxels per step
-    defaults: dict[str, Any] = {"batch": VOLUME_BATCH}
-    protocols: dict[str, dict[str, dict[str, Any]]] = {}
+    facts = KINDS["volume"]
+    extensions = facts.extensions
+    defaults = facts.defaults
+    protocols = facts.protocols
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_volume(path)
