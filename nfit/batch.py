@@ -462,8 +462,12 @@ def rows_of(batch: Batch) -> list[dict[str, Any]]:
     return rows
 
 
+#: a sweep's choice: reported per job, never averaged
+CHOICE = ("chosen_encoding", "chosen_sigma")
+
+
 def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
-    fixed = {"job", "signal", "config", "seed", "status", "wall_time_s", "error"}
+    fixed = {"job", "signal", "config", "seed", "status", "wall_time_s", "error", *CHOICE}
     keys: list[str] = []
     for row in rows:
         keys += [k for k, v in row.items() if k not in fixed and k not in keys
@@ -525,7 +529,8 @@ def write_tables(batch: Batch) -> dict[str, Any]:
     """batch.csv, table.md, table.csv and table.png in the batch directory."""
     rows = rows_of(batch)
     metrics = metric_columns(rows)
-    header = ["job", "signal", "config", "seed", "status", *metrics, "wall_time_s", "error"]
+    chosen = [c for c in CHOICE if any(c in r for r in rows)]
+    header = ["job", "signal", "config", "seed", "status", *chosen, *metrics, "wall_time_s", "error"]
     batch.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(batch.out / "batch.csv", _csv_text(header, rows))
     shown, summary = summary_rows(rows)

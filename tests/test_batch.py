@@ -69,6 +69,18 @@ def test_jobs_are_the_product_of_signals_options_and_seeds(signals, tmp_path):
     assert [j.hash for j in again] == [j.hash for j in lr] and lr[0].hash != lr[1].hash
 
 
+def test_a_sweep_batch_is_one_stacked_sweep_per_signal(signals, tmp_path):
+    from nfit.spec import SweepSpec
+
+    jobs = expand(signals, {"steps": 5}, tmp_path, command="sweep",
+                  sweep={"encodings": "basic,gauss", "sigmas": "3,10", "seeds": 2})
+    assert [j.name for j in jobs] == ["wave0/sweep", "wave1/sweep"]
+    assert all(isinstance(j.spec, SweepSpec) and j.spec.sigmas == "3,10" and j.spec.seeds == 2 for j in jobs)
+    assert jobs[0].spec.marker == "sweep.json"
+    with pytest.raises(UsageError, match="sweep's 'encodings'"):
+        expand(signals, {"encoding": "gauss"}, tmp_path, command="sweep", sweep={})
+
+
 def test_batch_input_errors_name_the_problem(signals, tmp_path):
     with pytest.raises(UsageError, match="did you mean 'levels'"):
         expand(signals, {"levls": 4}, tmp_path)
