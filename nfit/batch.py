@@ -90,7 +90,7 @@ class BatchJob:
 
 def infer_kind(path: str) -> str:
     """The signal kind a file's extension names; a usage error when none or several do."""
-    from nfit.kinds import KINDS
+    from nfit.catalog import KINDS
 
     name = Path(path).name.lower()
     kinds = [k for k, facts in KINDS.items() if any(name.endswith(e) for e in facts.extensions)]
@@ -150,14 +150,14 @@ def _label_value(value: Any) -> str:
 def config_label(options: dict[str, Any], varying: list[str], command: str) -> str:
     """The configuration's name: the encoding, its sigma where the encoding reads one, then
     each option that varies across the batch (``gauss-s10``, ``hashgrid-lr0.01``)."""
-    from nfit.encodings import ENCODINGS
+    from nfit.catalog import ENCODING_FACTS
 
     if command == "sweep":
         parts = ["sweep"]
     else:
         encoding = str(options.get("encoding", OPTIONS["encoding"].default))
         parts = [encoding]
-        if "sigma" in options and getattr(ENCODINGS.get(encoding), "uses_sigma", False):
+        if "sigma" in options and getattr(ENCODING_FACTS.get(encoding), "uses_sigma", False):
             parts.append(f"s{_label_value(options['sigma'])}")
     for key in varying:
         if key in ("encoding", "sigma", "seed") or key not in options:

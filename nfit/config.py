@@ -124,28 +124,27 @@ class FitConfig:
 
     def encoding_spec(self) -> dict[str, Any]:
         """The encoding's spec: the shared options and the grid options it declares."""
-        from nfit.encodings import ENCODINGS
+        from nfit.catalog import ENCODING_FACTS
 
-        own = getattr(ENCODINGS.get(self.encoding), "params", ())
+        own = getattr(ENCODING_FACTS.get(self.encoding), "params", ())
         return {**{k: v for k, v in self.given("grid").items() if k in own},
                 "type": self.encoding, "sigma": self.sigma, "features": self.features,
                 "seed": self.seed}
 
     def network_spec(self, output: str = "sigmoid") -> dict[str, Any]:
-        from nfit.networks import NETWORKS
+        from nfit.catalog import NETWORK_FACTS
 
-        own = getattr(NETWORKS.get(self.model), "params", ())
+        own = getattr(NETWORK_FACTS.get(self.model), "params", ())
         return {**{k: v for k, v in self.given("siren").items() if k in own},
                 "type": self.model, "width": self.width, "depth": self.depth, "output": output}
 
     def validate(self) -> FitConfig:
-        from nfit.encodings import ENCODINGS
-        from nfit.networks import NETWORKS
+        from nfit.catalog import ENCODING_FACTS, NETWORK_FACTS
 
-        if self.encoding not in ENCODINGS:
-            raise UsageError(f"unknown encoding {self.encoding!r}; choose from: {', '.join(sorted(ENCODINGS))}")
-        if self.model not in NETWORKS:
-            raise UsageError(f"unknown model {self.model!r}; choose from: {', '.join(sorted(NETWORKS))}")
+        if self.encoding not in ENCODING_FACTS:
+            raise UsageError(f"unknown encoding {self.encoding!r}; choose from: {', '.join(sorted(ENCODING_FACTS))}")
+        if self.model not in NETWORK_FACTS:
+            raise UsageError(f"unknown model {self.model!r}; choose from: {', '.join(sorted(NETWORK_FACTS))}")
         if self.steps < 1:
             raise UsageError(f"--steps must be at least 1, got {self.steps}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -209,13 +208,12 @@ def registry_defaults(values: dict[str, Any]) -> dict[str, Any]:
     implies its small MLP (2 hidden layers of 64) and Instant-NGP's lr. The model's
     defaults are read first, since they may choose the encoding.
     """
-    from nfit.encodings import ENCODINGS
-    from nfit.networks import NETWORKS
+    from nfit.catalog import ENCODING_FACTS, NETWORK_FACTS
 
     implied: dict[str, Any] = {}
-    model = NETWORKS.get(values.get("model", FitConfig.model))
+    model = NETWORK_FACTS.get(values.get("model", FitConfig.model))
     implied.update(getattr(model, "defaults", {}))
-    encoding = ENCODINGS.get(values.get("encoding", implied.get("encoding", FitConfig.encoding)))
+    encoding = ENCODING_FACTS.get(values.get("encoding", implied.get("encoding", FitConfig.encoding)))
     for key, value in getattr(encoding, "defaults", {}).items():
         implied.setdefault(key, value)
     return {k: v for k, v in implied.items() if k not in values}
@@ -264,7 +262,7 @@ def merge_config(file_values: dict[str, Any], flags: dict[str, Any], *,
         given.update(source)
     values: dict[str, Any] = {}
     if kind is not None:
-        from nfit.kinds import kind_facts
+        from nfit.catalog import kind_facts
 
         values.update(kind_facts(kind).defaults)
         if given.get("protocol") is not None:
@@ -283,7 +281,7 @@ def merge_config(file_values: dict[str, Any], flags: dict[str, Any], *,
 def protocol_values(kind: str, name: str, encoding: str) -> dict[str, Any]:
     """The options a kind's published recipe sets for one encoding (``SignalKind.protocols``:
     ``{name: {"*": {...}, encoding: {...}}}``, the encoding's entries over the shared ones)."""
-    from nfit.kinds import kind_facts
+    from nfit.catalog import kind_facts
 
     protocols = kind_facts(kind).protocols
     if name not in protocols:
@@ -296,17 +294,16 @@ def protocol_values(kind: str, name: str, encoding: str) -> dict[str, Any]:
 def check_applicable(cfg: FitConfig, given: set[str], kind: str | None,
                      encodings: list[str] | None = None) -> None:
     """Refuse an option that nothing in the job reads, so no option is silently ignored."""
-    from nfit.encodings import ENCODINGS
-    from nfit.networks import NETWORKS
+    from nfit.catalog import ENCODING_FACTS, NETWORK_FACTS
 
     names = encodings or [cfg.encoding]
     for key in sorted(given):
         group = OPTIONS[key].metadata.get("group")
-        if group == "grid" and not any(key in getattr(ENCODINGS.get(e), "params", ()) for e in names):
-            readers = [n for n, c in sorted(ENCODINGS.items()) if key in getattr(c, "params", ())]
+        if group == "grid" and not any(key in getattr(ENCODING_FACTS.get(e), "params", ()) for e in names):
+            readers = [n for n, c in sorted(ENCODING_FACTS.items()) if key in c.params]
             raise UsageError(f"--{key.replace('_', '-')} applies to {', '.join(readers)} only, "
                              f"not --encoding {','.join(names)}")
-        if group == "siren" and key not in getattr(NETWORKS.get(cfg.model), "params", ()):
+        if group == "siren" and key not in getattr(NETWORK_FACTS.get(cfg.model), "params", ()):
             raise UsageError(f"--{key.replace('_', '-')} applies to --model siren only")
         kinds = OPTIONS[key].metadata.get("kinds")
         if kinds and kind is not None and kind not in kinds:

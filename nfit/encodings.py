@@ -23,16 +23,21 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from nfit.catalog import ENCODING_FACTS
 from nfit.errors import UsageError
 
 ENCODINGS: dict[str, type[Encoding]] = {}
 
 
 def register(name: str):
-    """Class decorator that adds an encoding to the registry under ``name``."""
+    """Class decorator that adds an encoding to the registry under ``name``, with its facts
+    (summary, sigma's meaning, params, defaults, trainable) from ``nfit.catalog``."""
 
     def wrap(cls: type[Encoding]) -> type[Encoding]:
+        facts = ENCODING_FACTS[name]
         cls.name = name
+        cls.summary, cls.sigma_meaning, cls.params = facts.summary, facts.sigma_meaning, facts.params
+        cls.defaults, cls.uses_sigma, cls.trainable = facts.defaults, facts.uses_sigma, facts.trainable
         ENCODINGS[name] = cls
         return cls
 
@@ -42,9 +47,10 @@ def register(name: str):
 class Encoding(nn.Module):
     """Base class. Subclasses set ``out_dim`` in ``__init__`` and implement ``forward``.
 
-    Class attributes describe the encoding for ``nfit encodings`` and the CLI:
-    ``uses_sigma`` (does ``--sigma`` mean anything), ``trainable`` (has learned
-    parameters, so its output cannot be cached across steps) and ``sigma_meaning``.
+    Class attributes describe the encoding for ``nfit encodings`` and the CLI; ``register``
+    sets them from the encoding's facts in ``nfit.catalog``: ``uses_sigma`` (does
+    ``--sigma`` mean anything), ``trainable`` (has learned parameters, so its output cannot
+    be cached across steps), ``sigma_meaning``, ``params``, ``defaults``.
     """
 
     name: ClassVar[str] = ""
@@ -69,7 +75,6 @@ class Encoding(nn.Module):
 
 @register("none")
 class Identity(Encoding):
-    summary = "no mapping: the raw coordinates v"
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         return coords
@@ -97,7 +102,6 @@ class FourierFeatures(Encoding):
 
 @register("basic")
 class Basic(FourierFeatures):
-    summary = "[cos 2 pi v, sin 2 pi v]: B is the identity"
 
     def __init__(self, in_dim: int) -> None:
         super().__init__(in_dim, torch.eye(in_dim))
@@ -111,10 +115,6 @@ class PositionalEncoding(FourierFeatures):
     per axis and out_dim = 2 * m * d, comparable with the random families.
     """
 
-    uses_sigma = True
-    params = ("sigma", "features")
-    sigma_meaning = "largest frequency: levels sigma^(j/m), j = 0..m-1, per axis"
-    summary = "positional encoding, log-linear frequencies on each axis"
 
     def __init__(self, in_dim: int, sigma: float, features: int) -> None:
         levels = max(features // in_dim, 1)
@@ -130,9 +130,6 @@ class PositionalEncoding(FourierFeatures):
 
 class RandomFourierFeatures(FourierFeatures):
     """B: (features, d) with i.i.d. entries drawn by ``sample`` at scale sigma."""
-
-    uses_sigma = True
-    params = ("sigma", "features", "seed")
 
     def __init__(self, in_dim: int, sigma: float, features: int, seed: int = 0) -> None:
         generator = torch.Generator().manual_seed(int(seed))
@@ -155,8 +152,6 @@ class RandomFourierFeatures(FourierFeatures):
 
 @register("gauss")
 class GaussianFourierFeatures(RandomFourierFeatures):
-    sigma_meaning = "standard deviation of B ~ N(0, sigma^2)"
-    summary = "Gaussian random Fourier features"
 
     @staticmethod
     def sample(shape, sigma, generator):
@@ -169,8 +164,6 @@ class GaussianFourierFeatures(RandomFourierFeatures):
 
 @register("laplace")
 class LaplaceFourierFeatures(RandomFourierFeatures):
-    sigma_meaning = "scale b of B ~ Laplace(0, b=sigma) (std = sqrt(2) sigma)"
-    summary = "Laplacian random Fourier features"
 
     @staticmethod
     def sample(shape, sigma, generator):
@@ -186,8 +179,6 @@ class LaplaceFourierFeatures(RandomFourierFeatures):
 
 @register("uniform")
 class UniformFourierFeatures(RandomFourierFeatures):
-    sigma_meaning = "upper bound of B ~ sigma * U[0, 1) (std = sigma / sqrt(12))"
-    summary = "uniform random Fourier features"
 
     @staticmethod
     def sample(shape, sigma, generator):
@@ -200,8 +191,6 @@ class UniformFourierFeatures(RandomFourierFeatures):
 
 @register("loguniform")
 class LogUniformFourierFeatures(RandomFourierFeatures):
-    sigma_meaning = "base of B ~ sigma^U, U ~ U[0, 1): frequencies from 1 to sigma, log-uniform"
-    summary = "log-uniform random Fourier features"
 
     @staticmethod
     def sample(shape, sigma, generator):

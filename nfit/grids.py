@@ -169,14 +169,7 @@ class MultiResolutionGrid(Encoding):
     _strides: torch.Tensor
     _corners: torch.Tensor
 
-    uses_sigma = False
-    trainable = True
     hashed: ClassVar[bool] = True
-    #: hidden width and layers of the MLP after the grid, and the paper's learning rate;
-    #: applied by ``nfit.config.merge_config`` when the user does not give them.
-    defaults: ClassVar[dict[str, Any]] = {"width": 64, "depth": 3, "lr": 1e-2}
-    params: ClassVar[tuple[str, ...]] = ("levels", "features_per_level", "log2_table", "base_resolution",
-                                         "finest_resolution", "bounds")
 
     def __init__(self, in_dim: int, levels: int = 16, features_per_level: int = 2,
                  log2_table: int = 19, base_resolution: int = 16, finest_resolution: int = 512,
@@ -377,16 +370,12 @@ class _GridLookup(torch.autograd.Function):
 
 @register("hashgrid")
 class HashGrid(MultiResolutionGrid):
-    summary = "multiresolution hash grid (Instant-NGP): L levels x F features, table 2^log2_table"
-    sigma_meaning = "not used (see --levels, --log2-table, --finest-resolution)"
+    """The hash grid; its facts (options read, the small MLP it implies) in ``nfit.catalog``."""
 
 
 @register("densegrid")
 class DenseGrid(MultiResolutionGrid):
-    summary = "multiresolution dense grids (no hashing): the baseline grid model"
-    sigma_meaning = "not used (see --levels, --finest-resolution)"
     hashed = False
-    params = ("levels", "features_per_level", "base_resolution", "finest_resolution", "bounds")
 
     def __init__(self, in_dim: int, levels: int = 8, features_per_level: int = 2,
                  base_resolution: int = 16, finest_resolution: int = 256,
@@ -403,10 +392,6 @@ class DenseGrid(MultiResolutionGrid):
 
 @register("mulfagrid")
 class MulFAGrid(MultiResolutionGrid):
-    summary = "MulFAGrid: grid features blended by a learned multiplicative-filter kernel on Fourier features"
-    sigma_meaning = "not used (see --levels, --kernel-width, --finest-resolution)"
-    params = MultiResolutionGrid.params + ("kernel_width", "kernel_layers", "frequencies", "seed",
-                                           "kernel_form")
     #: ``offset`` (default) or ``paper``; see the module docstring.
     KERNEL_FORMS = ("offset", "paper")
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from nfit.catalog import NETWORK_FACTS
 from nfit.errors import UsageError
 
 NETWORKS: dict[str, type[nn.Module]] = {}
@@ -19,8 +20,11 @@ OUTPUT_ACTIVATIONS = ("sigmoid", "identity")
 
 
 def register(name: str):
+    """Adds a network to the registry, with its facts (params, defaults) from ``nfit.catalog``."""
+
     def wrap(cls):
-        cls.name = name
+        facts = NETWORK_FACTS[name]
+        cls.name, cls.params, cls.defaults = name, facts.params, facts.defaults
         NETWORKS[name] = cls
         return cls
 
@@ -38,9 +42,9 @@ class MLP(nn.Module):
     """
 
     name: ClassVar[str] = "mlp"
-    #: keyword arguments beyond width/depth/output that a spec may carry
+    #: keyword arguments beyond width/depth/output that a spec may carry (``register``
+    #: sets them, and the settings the network implies, from ``nfit.catalog``)
     params: ClassVar[tuple[str, ...]] = ()
-    #: fit settings this network implies unless the user sets them
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 256, depth: int = 4,
@@ -89,9 +93,6 @@ class Siren(MLP):
     """
 
     name: ClassVar[str] = "siren"
-    params: ClassVar[tuple[str, ...]] = ("omega0",)
-    #: the paper's image fits: no encoding, 5 layers of 256, Adam lr 1e-4
-    defaults: ClassVar[dict[str, Any]] = {"encoding": "none", "depth": 5, "lr": 1e-4}
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 256, depth: int = 5,
                  output: str = "sigmoid", omega0: float = 30.0) -> None:
@@ -135,8 +136,6 @@ class SumReadout(nn.Module):
 
     name: ClassVar[str] = "sum"
     readout: torch.Tensor
-    params: ClassVar[tuple[str, ...]] = ()
-    defaults: ClassVar[dict[str, Any]] = {"encoding": "densegrid"}
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 0, depth: int = 0,
                  output: str = "identity") -> None:

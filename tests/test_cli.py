@@ -286,6 +286,28 @@ def test_help_and_argument_errors_do_not_load_torch() -> None:
     probe = ("import sys; from nfit.cli import main; sys.argv = ['nfit', *sys.argv[1:]]\n"
              "try:\n    main()\nexcept SystemExit:\n    pass\n"
              "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
-    for args in (["--help"], ["image", "--help"], ["batch", "--help"], ["image", "x.png", "--steps", "many"]):
+    for args in (["--help"], ["image", "--help"], ["batch", "--help"], ["image", "x.png", "--steps", "many"],
+                 ["encodings"], ["image", "x.png", "--encoding", "gaus"]):
         proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
         assert proc.stderr.strip().endswith("NO-TORCH"), (args, proc.stderr[-300:])
+
+
+def test_the_catalog_and_the_registries_agree() -> None:
+    """Every encoding, network and kind in ``nfit.catalog`` is registered by the module it
+    names, with the catalog's facts, and nothing is registered that the catalog lacks."""
+    import importlib
+
+    from nfit.catalog import ENCODING_FACTS, KINDS, NETWORK_FACTS
+    from nfit.encodings import ENCODINGS
+    from nfit.networks import NETWORKS
+    from nfit.signals import SIGNAL_KINDS
+
+    assert set(ENCODINGS) == set(ENCODING_FACTS) and set(NETWORKS) == set(NETWORK_FACTS)
+    for name, facts in ENCODING_FACTS.items():
+        cls = ENCODINGS[name]
+        assert cls.__module__ == facts.implementation and importlib.import_module(facts.implementation)
+        assert (cls.params, cls.defaults, cls.uses_sigma, cls.trainable) == (
+            facts.params, facts.defaults, facts.uses_sigma, facts.trainable)
+    assert NETWORKS["siren"].defaults == {"encoding": "none", "depth": 5, "lr": 1e-4}
+    for name, facts in KINDS.items():
+        assert SIGNAL_KINDS[name].name == name and SIGNAL_KINDS[name].extensions == facts.extensions

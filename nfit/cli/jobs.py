@@ -17,10 +17,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from nfit.catalog import KINDS, kind_facts
 from nfit.cli.common import RichReporter, emit, fmt, handle_errors, stdout
 from nfit.config import OPTIONS, FitConfig, load_yaml_config, option_help, value_type
 from nfit.io import json_safe
-from nfit.kinds import KINDS, kind_facts
 from nfit.spec import FitSpec, JobSpec, KernelSpec, SweepSpec
 
 PANELS = {"grid": "Grid encodings", "siren": "SIREN", "mesh": "Meshes (sdf)", None: "Fit"}
@@ -92,6 +92,7 @@ def job_command(spec_cls: type[JobSpec], name: str, doc: str, kind: str | None =
             options = {**load_yaml_config(args["config"]), **flags}
             spec = spec_cls(kind=job_kind, input=str(args["path"]), options=options,
                             **{k: args[k] for k in spec_names})
+            spec.config()  # every option checked before the library (and torch) loads
             execute(spec, args["json_out"], args["quiet"])
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]

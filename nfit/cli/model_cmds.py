@@ -82,12 +82,11 @@ def info(
 
 def encodings(json_out: Json = False, quiet: Quiet = False) -> None:
     """List the registered encodings, their parameters, and what --sigma means for each."""
-    from nfit.encodings import ENCODINGS
+    from nfit.catalog import ENCODING_FACTS
 
-    entries = [{"name": name, "summary": cls.summary, "sigma": cls.sigma_meaning,
-                "parameters": list(cls.params), "learned": cls.trainable,
-                "uses_sigma": cls.uses_sigma}
-               for name, cls in sorted(ENCODINGS.items())]
+    entries = [{"name": name, "summary": e.summary, "sigma": e.sigma_meaning,
+                "parameters": list(e.params), "learned": e.trainable, "uses_sigma": e.uses_sigma}
+               for name, e in sorted(ENCODING_FACTS.items())]
     if json_out:
         emit({"encodings": entries}, True, quiet, [])
         return

@@ -23,8 +23,8 @@ from typing import cast
 
 import numpy as np
 
+from nfit.catalog import MESH_EXTENSIONS
 from nfit.errors import DataError
-from nfit.kinds import MESH_EXTENSIONS
 
 MESH_WRITE_EXTENSIONS = (".ply", ".obj", ".stl", ".glb")
 #: fraction of the half-width of [-1, 1]^3 kept free around the mesh's bounding box

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from nfit.catalog import VOLUME_EXTENSIONS
 from nfit.errors import DataError, UsageError
 from nfit.io import atomic_path, atomic_write_bytes
-from nfit.kinds import VOLUME_EXTENSIONS
 
 #: Largest volume accepted (voxels x channels): its float32 copy is 2 GB.
 MAX_VOXELS = 1 << 29

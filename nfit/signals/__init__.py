@@ -1,11 +1,11 @@
-"""Signal kinds' implementations, found through one registry (``nfit.kinds.KINDS``, whose
+"""Signal kinds' implementations, found through one registry (``nfit.catalog.KINDS``, whose
 facts name each implementation): ``signal_kind(name)``, or ``SIGNAL_KINDS[name]``."""
 
 from __future__ import annotations
 
 import importlib
 
-from nfit.kinds import KINDS, kind_facts
+from nfit.catalog import KINDS, kind_facts
 from nfit.signals.base import SignalKind, Task, build_task_field
 
 

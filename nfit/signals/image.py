@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from nfit.catalog import KINDS
 from nfit.config import FitConfig
 from nfit.errors import UsageError
 from nfit.field import Field
 from nfit.formats.images import CHANNEL_NAMES, IMAGE_WRITE_EXTENSIONS, read_image, write_image
-from nfit.kinds import KINDS
 from nfit.metrics import ssim
 from nfit.plots import plot_curve, plot_error_map, write_curve_csv
 from nfit.problem import FitResult, PointSource, Problem

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nfit.catalog import KINDS
 from nfit.config import FitConfig
 from nfit.errors import DataError, UsageError
 from nfit.field import Field
@@ -48,7 +49,6 @@ from nfit.formats.meshes import (
     write_mesh,
 )
 from nfit.geometry import inside, iou, sample_surface, signed_distance, surface_metrics
-from nfit.kinds import KINDS
 from nfit.plots import plot_curve, write_curve_csv
 from nfit.problem import BCEObjective, FitResult, Objective, Problem
 from nfit.signals.base import Task

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nfit.catalog import KINDS
 from nfit.config import FitConfig
 from nfit.errors import UsageError
 from nfit.field import Field
@@ -40,7 +41,6 @@ from nfit.formats.volumes import (
     scaled_affine,
     write_volume,
 )
-from nfit.kinds import KINDS
 from nfit.metrics import ssim
 from nfit.plots import _figure, _save, plot_curve, write_curve_csv
 from nfit.problem import FitResult, Problem

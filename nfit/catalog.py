@@ -1,0 +1,126 @@
+"""What each signal kind, encoding and network is, importable without torch.
+
+A kind: its name, the files it reads, the option values it implies, its published
+recipes. An encoding: what it is, what --sigma means for it, the options it reads, what
+it implies (a grid's small MLP), whether it learns. A network: the options it reads and
+what it implies (SIREN: no encoding, its lr). Each names the module that implements it.
+
+The command line builds its commands, help, option checks and `nfit encodings` from these
+facts, so they answer without loading torch; the registries (``nfit.signals``,
+``nfit.encodings.ENCODINGS``, ``nfit.networks.NETWORKS``) import the implementations, and
+their classes take their facts from here: one place for each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
+VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".npy", ".tif", ".tiff")
+MESH_EXTENSIONS = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf")
+
+
+@dataclass(frozen=True)
+class KindFacts:
+    name: str
+    #: "module:attribute" of the kind's implementation (a ``nfit.signals.SignalKind``)
+    implementation: str
+    extensions: tuple[str, ...]
+    #: option values this kind implies unless given (under the YAML file and the flags)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    #: published recipes (``--protocol NAME``): {name: {"*": options, encoding: options}}
+    protocols: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+KINDS: dict[str, KindFacts] = {k.name: k for k in (
+    KindFacts("image", "nfit.signals.image:IMAGE", IMAGE_EXTENSIONS, {},
+              # Tancik et al. 2020, appendix E.1 (natural images): 2000 full-batch Adam
+              # steps, lr 1e-3 for the Fourier mappings and 1e-2 for none and basic,
+              # sigma_g = 10; the notebook's posenc scale 6 means frequencies up to 2^6,
+              # which is sigma 64 in nfit's posenc
+              {"paper": {"*": {"steps": 2000, "lr": 1e-3, "batch": 0, "split": "paper"},
+                         "none": {"lr": 1e-2}, "basic": {"lr": 1e-2}, "posenc": {"sigma": 64.0},
+                         "gauss": {"sigma": 10.0}}}),
+    # the full batch of a volume would not fit: random voxels per step
+    KindFacts("volume", "nfit.signals.volume:VOLUME", VOLUME_EXTENSIONS, {"batch": 1 << 16}),
+    # sigma 10 overfits the sampled points on [-1, 1]^3 (spot, 300 steps: IoU 0.09 at
+    # sigma 8, 0.96 at 2, 0.98 at 1; bench/bench_sdf.py); each step draws 16,384 points
+    KindFacts("sdf", "nfit.signals.mesh:SDF", MESH_EXTENSIONS, {"sigma": 2.0, "batch": 16_384}),
+)}
+
+
+def kind_facts(name: str) -> KindFacts:
+    from nfit.errors import UsageError
+
+    if name not in KINDS:
+        raise UsageError(f"unknown signal kind {name!r}; choose from {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+@dataclass(frozen=True)
+class EncodingFacts:
+    name: str
+    implementation: str
+    summary: str
+    #: what --sigma means for this encoding
+    sigma_meaning: str = "not used"
+    #: the spec keys (FitConfig options) the encoding reads
+    params: tuple[str, ...] = ()
+    #: option values it implies unless given (a grid's small MLP and lr)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    uses_sigma: bool = False
+    #: learned parameters: its output cannot be cached across steps
+    trainable: bool = False
+
+
+_RANDOM = ("sigma", "features", "seed")
+_GRID = ("levels", "features_per_level", "log2_table", "base_resolution", "finest_resolution", "bounds")
+#: Instant-NGP's small MLP (2 hidden layers of 64) and its learning rate
+_GRID_DEFAULTS = {"width": 64, "depth": 3, "lr": 1e-2}
+
+ENCODING_FACTS: dict[str, EncodingFacts] = {e.name: e for e in (
+    EncodingFacts("none", "nfit.encodings", "no mapping: the raw coordinates v"),
+    EncodingFacts("basic", "nfit.encodings", "[cos 2 pi v, sin 2 pi v]: B is the identity"),
+    EncodingFacts("posenc", "nfit.encodings", "positional encoding, log-linear frequencies on each axis",
+                  "largest frequency: levels sigma^(j/m), j = 0..m-1, per axis", ("sigma", "features"),
+                  uses_sigma=True),
+    EncodingFacts("gauss", "nfit.encodings", "Gaussian random Fourier features",
+                  "standard deviation of B ~ N(0, sigma^2)", _RANDOM, uses_sigma=True),
+    EncodingFacts("laplace", "nfit.encodings", "Laplacian random Fourier features",
+                  "scale b of B ~ Laplace(0, b=sigma) (std = sqrt(2) sigma)", _RANDOM, uses_sigma=True),
+    EncodingFacts("uniform", "nfit.encodings", "uniform random Fourier features",
+                  "upper bound of B ~ sigma * U[0, 1) (std = sigma / sqrt(12))", _RANDOM, uses_sigma=True),
+    EncodingFacts("loguniform", "nfit.encodings", "log-uniform random Fourier features",
+                  "base of B ~ sigma^U, U ~ U[0, 1): frequencies from 1 to sigma, log-uniform", _RANDOM,
+                  uses_sigma=True),
+    EncodingFacts("hashgrid", "nfit.grids",
+                  "multiresolution hash grid (Instant-NGP): L levels x F features, table 2^log2_table",
+                  "not used (see --levels, --log2-table, --finest-resolution)", _GRID, _GRID_DEFAULTS,
+                  trainable=True),
+    EncodingFacts("densegrid", "nfit.grids", "multiresolution dense grids (no hashing): the baseline grid model",
+                  "not used (see --levels, --finest-resolution)",
+                  tuple(p for p in _GRID if p != "log2_table"), _GRID_DEFAULTS, trainable=True),
+    EncodingFacts("mulfagrid", "nfit.grids",
+                  "MulFAGrid: grid features blended by a learned multiplicative-filter kernel on Fourier features",
+                  "not used (see --levels, --kernel-width, --finest-resolution)",
+                  (*_GRID, "kernel_width", "kernel_layers", "frequencies", "seed", "kernel_form"), _GRID_DEFAULTS,
+                  trainable=True),
+)}
+
+
+@dataclass(frozen=True)
+class NetworkFacts:
+    name: str
+    implementation: str
+    params: tuple[str, ...] = ()
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+NETWORK_FACTS: dict[str, NetworkFacts] = {n.name: n for n in (
+    NetworkFacts("mlp", "nfit.networks"),
+    # Sitzmann et al. 2020: sine layers on the raw coordinates, 5 layers, lr 1e-4
+    NetworkFacts("siren", "nfit.networks", ("omega0",), {"encoding": "none", "depth": 5, "lr": 1e-4}),
+    # the grid's features summed: the readout of the GTK analysis (Zhao et al. 2024)
+    NetworkFacts("sum", "nfit.networks", (), {"encoding": "densegrid"}),
+)}
