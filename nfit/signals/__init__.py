@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from nfit.errors import UsageError
 from nfit.signals.base import SignalKind, Task, build_task_field
+from nfit.signals.ct import CT
 from nfit.signals.image import IMAGE
 from nfit.signals.mesh import SDF
+from nfit.signals.mri import MRI
 from nfit.signals.volume import VOLUME
 
-SIGNAL_KINDS: dict[str, SignalKind] = {IMAGE.name: IMAGE, VOLUME.name: VOLUME, SDF.name: SDF}
+SIGNAL_KINDS: dict[str, SignalKind] = {IMAGE.name: IMAGE, VOLUME.name: VOLUME, SDF.name: SDF,
+                                       CT.name: CT, MRI.name: MRI}
 
 
 def signal_kind(name: str) -> SignalKind:
