@@ -209,7 +209,9 @@ def variable_density_mask(shape: tuple[int, ...], fraction: float, seed: int,
     """The paper's k-space mask, grown to cover ``fraction`` of the entries.
 
     Integer points are drawn from a Gaussian centred on the volume's centre with
-    covariance 2 n_i on axis i (the paper: 2 * 96 * I at 96^3) and set to 1, duplicates
+    covariance 2 * 96 * I at 96^3 (the paper's), scaled with the grid so the mask keeps
+    its shape relative to k-space: variance 2 * 96 * (n_i / 96)^2 = n_i^2 / 48 on axis i
+    (a variance of 2 n_i on a small grid would spread the draws past DC); set to 1, duplicates
     collapsing; draws go on until the mask covers ``fraction`` (the paper's 200,000 draws
     cover about 12.6% at 96^3), then the mask is ``fftshift``ed so the centre lands on
     the DC corner. Returns (mask bool in fftn layout, points drawn).
@@ -222,7 +224,7 @@ def variable_density_mask(shape: tuple[int, ...], fraction: float, seed: int,
     target = int(math.ceil(fraction * centred.size))
     covered, drawn = 0, 0
     while covered < target:
-        points = np.rint(rng.normal(dims / 2.0, np.sqrt(2.0 * dims), size=(chunk, len(shape)))).astype(np.int64)
+        points = np.rint(rng.normal(dims / 2.0, dims / np.sqrt(48.0), size=(chunk, len(shape)))).astype(np.int64)
         inside = points[((points >= 0) & (points < dims)).all(axis=1)]
         flat = np.ravel_multi_index(inside.T, shape)
         # add one point at a time in draw order, stopping at the point that reaches the target
