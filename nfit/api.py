@@ -248,7 +248,9 @@ def _run_kernel(spec: KernelSpec, reporter: Reporter) -> dict[str, Any]:
     from nfit.analysis.run import kernel_file
     from nfit.analysis.study import KernelOptions
 
-    signal_kind(spec.kind)
+    if getattr(signal_kind(spec.kind), "through_operator", False):
+        raise UsageError(f"nfit kernel studies fits of the signal's own values; {spec.kind} fields are "
+                         "fitted through a measurement operator, which it does not model")
     base = spec.config()
     # the options or a model (--model sum implies densegrid) may choose the encoding
     chosen = "encoding" in spec.options or "model" in spec.options

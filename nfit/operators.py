@@ -226,7 +226,7 @@ def variable_density_mask(shape: tuple[int, ...], fraction: float, seed: int,
     while covered < target:
         points = np.rint(rng.normal(dims / 2.0, dims / np.sqrt(48.0), size=(chunk, len(shape)))).astype(np.int64)
         inside = points[((points >= 0) & (points < dims)).all(axis=1)]
-        flat = np.ravel_multi_index(inside.T, shape)
+        flat = np.asarray(np.ravel_multi_index(tuple(inside.T), shape), dtype=np.int64)
         # add one point at a time in draw order, stopping at the point that reaches the target
         fresh, first = np.unique(flat, return_index=True)
         new = ~centred.ravel()[fresh]

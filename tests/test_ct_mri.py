@@ -253,6 +253,8 @@ def test_bad_inputs_one_line_right_code_nothing_written(tmp_path: Path, phantom3
          "must be complex")
     _bad(tmp_path, ["mri", "--kspace", str(tmp_path / "k.npy")], 2, "--mask")
     _bad(tmp_path, ["sweep", "ct", str(phantom32), "--sigma", "1,2"], 2, "validation")
+    result = CliRunner().invoke(app, ["kernel", "ct", str(phantom32), "--out", str(tmp_path / "never"), "--quiet"])
+    assert result.exit_code == 2 and "measurement operator" in result.output and not (tmp_path / "never").exists()
 
 
 def test_paper_protocol_sets_the_recipe_per_encoding() -> None:

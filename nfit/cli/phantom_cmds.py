@@ -22,7 +22,7 @@ def phantom(
     from nfit.errors import UsageError
     from nfit.formats.images import write_image
     from nfit.io import atomic_write_json
-    from nfit.phantoms import PHANTOMS, PERTURBATION, perturbed_shepp_logan
+    from nfit.phantoms import PERTURBATION, PHANTOMS, perturbed_shepp_logan
 
     with handle_errors():
         if name not in PHANTOMS:

@@ -182,6 +182,8 @@ class CTKind:
     extensions: tuple[str, ...] = IMAGE.extensions
     #: the option naming the measured data when no PATH is given
     input_option = "sinogram"
+    #: fitted through a measurement operator (nfit kernel does not apply)
+    through_operator = True
     defaults: dict[str, Any] = {"batch": 0, "steps": 1000, "sigma": 4.0}
     #: tancik/fourier-feature-networks, Experiments/2d_CT
     protocols: dict[str, dict[str, dict[str, Any]]] = {

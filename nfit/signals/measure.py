@@ -32,7 +32,7 @@ import torch
 
 from nfit.errors import UsageError
 from nfit.metrics import psnr_from_mse
-from nfit.problem import Objective, Problem
+from nfit.problem import HeldOut, Objective, Problem
 from nfit.signals.grid import grid_coords
 
 ROLES = ("train", "val", "test")
@@ -137,7 +137,7 @@ def measurement_problem(shape: tuple[int, ...], sets: dict[str, Measurement]) ->
         raise UsageError(f"grid {shape} is too large")
     objective = MeasurementObjective(n, sets)
     coords = grid_coords(shape)
-    evals = {role: (coords, objective.tags(role)) for role in ("val", "test") if role in sets}
+    evals: dict[str, HeldOut] = {role: (coords, objective.tags(role)) for role in ("val", "test") if role in sets}
     return Problem(coords, objective.tags("train"), evals, objective)
 
 

@@ -196,6 +196,8 @@ class MRIKind:
     name = "mri"
     extensions: tuple[str, ...] = VOLUME_EXTENSIONS
     input_option = "kspace"
+    #: fitted through a measurement operator (nfit kernel does not apply)
+    through_operator = True
     defaults: dict[str, Any] = {"batch": 0, "steps": 1000, "lr": 2e-3, "sigma": 5.0}
     #: tancik/fourier-feature-networks, Experiments/3d_MRI
     protocols: dict[str, dict[str, dict[str, Any]]] = {
