@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from nfit import __version__
+from nfit.catalog import kind_facts
 from nfit.checkpoint import save_checkpoint
 from nfit.config import FitConfig, merge_config
 from nfit.device import resolve_device, resolve_precision
@@ -257,7 +258,9 @@ def _run_kernel(spec: KernelSpec, reporter: Reporter) -> dict[str, Any]:
     from nfit.analysis.run import kernel_file
     from nfit.analysis.study import KernelOptions
 
-    signal_kind(spec.kind)
+    if kind_facts(spec.kind).through_operator:
+        raise UsageError(f"nfit kernel studies fits of the signal's own values; {spec.kind} fields are "
+                         "fitted through a measurement operator, which it does not model")
     base = spec.config()
     # the options or a model (--model sum implies densegrid) may choose the encoding
     chosen = "encoding" in spec.options or "model" in spec.options

@@ -31,6 +31,15 @@ class KindFacts:
     defaults: dict[str, Any] = field(default_factory=dict)
     #: published recipes (``--protocol NAME``): {name: {"*": options, encoding: options}}
     protocols: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: the option naming measured data, which stands for PATH when PATH is not given
+    input_option: str | None = None
+    #: fitted through a measurement operator (the tangent-kernel study does not apply)
+    through_operator: bool = False
+
+
+#: the paper's CT views and MRI k-space fraction
+CT_VIEWS = 20
+MRI_FRACTION = 0.126
 
 
 KINDS: dict[str, KindFacts] = {k.name: k for k in (
@@ -47,6 +56,22 @@ KINDS: dict[str, KindFacts] = {k.name: k for k in (
     # sigma 10 overfits the sampled points on [-1, 1]^3 (spot, 300 steps: IoU 0.09 at
     # sigma 8, 0.96 at 2, 0.98 at 1; bench/bench_sdf.py); each step draws 16,384 points
     KindFacts("sdf", "nfit.signals.mesh:SDF", MESH_EXTENSIONS, {"sigma": 2.0, "batch": 16_384}),
+    # tancik/fourier-feature-networks, Experiments/2d_CT: 20 parallel views, 1000 full-batch
+    # steps, lr 1e-3 (posenc, gauss) or 1e-2 (none, basic), sigma 4 (gauss), 3 (posenc)
+    KindFacts("ct", "nfit.signals.ct:CT", IMAGE_EXTENSIONS, {"batch": 0, "steps": 1000, "sigma": 4.0},
+              {"paper": {"*": {"steps": 1000, "batch": 0, "lr": 1e-3, "projector": "paper", "views": CT_VIEWS,
+                               "held_out": 0.0},
+                         "none": {"lr": 1e-2}, "basic": {"lr": 1e-2},
+                         "posenc": {"lr": 1e-3, "sigma": 3.0}, "gauss": {"lr": 1e-3, "sigma": 4.0}}},
+              input_option="sinogram", through_operator=True),
+    # Experiments/3d_MRI: 96^3, 12.6% of k-space, 1000 full-batch steps at lr 2e-3, sigma 5
+    # (gauss), 4 (posenc)
+    KindFacts("mri", "nfit.signals.mri:MRI", VOLUME_EXTENSIONS,
+              {"batch": 0, "steps": 1000, "lr": 2e-3, "sigma": 5.0},
+              {"paper": {"*": {"steps": 1000, "batch": 0, "lr": 2e-3, "fraction": MRI_FRACTION,
+                               "grid": "96x96x96", "held_out": 0.0},
+                         "posenc": {"sigma": 4.0}, "gauss": {"sigma": 5.0}}},
+              input_option="kspace", through_operator=True),
 )}
 
 

@@ -39,6 +39,8 @@ def _group(name: str, cli: bool = True, kinds: tuple[str, ...] | None = None) ->
 
 
 MESH = ("sdf",)
+CT = ("ct",)
+MRI = ("mri",)
 
 
 @dataclass
@@ -113,6 +115,27 @@ class FitConfig:
     """sdf: points of each held-out set scored during training (default 20000)"""
     metric_points: int | None = field(default=None, metadata=_group("mesh", cli=False, kinds=MESH))
     """sdf: points of the final IoU, Chamfer and F-score (default 100000)"""
+
+    views: int | None = field(default=None, metadata=_group("ct", kinds=CT))
+    """ct: projections simulated from the image, evenly spaced over [0, 180) degrees (default 20)"""
+    angles: str | None = field(default=None, metadata=_group("ct", kinds=CT))
+    """ct: projection angles in degrees: START:END:N (END excluded, e.g. 0:180:20) or a list 0,9,18 (default 0:180:VIEWS)"""
+    sinogram: str | None = field(default=None, metadata=_group("ct", kinds=CT))
+    """ct: measured projections to reconstruct (.npy, views x bins, real); PATH, if given too, is the ground truth"""
+    projector: str | None = field(default=None, metadata=_group("ct", kinds=CT))
+    """ct: paper (nearest-neighbour rotation, mean over rows) or standard (bilinear, sum along rays as skimage radon) (default standard)"""
+    kspace: str | None = field(default=None, metadata=_group("mri", kinds=MRI))
+    """mri: measured k-space to reconstruct (.npy complex, numpy.fft layout, zeros where not sampled); needs --mask"""
+    mask: str | None = field(default=None, metadata=_group("mri", kinds=MRI))
+    """mri: sampling mask of --kspace (.npy, same shape, nonzero = sampled, numpy.fft layout)"""
+    fraction: float | None = field(default=None, metadata=_group("mri", kinds=MRI))
+    """mri: fraction of k-space the simulated variable-density mask samples (default 0.126, the paper's)"""
+    grid: str | None = field(default=None, metadata=_group("mri", kinds=MRI))
+    """mri: resample the volume to AxBxC voxels first (linear; the affine follows), e.g. 96x96x96 (default: as the file)"""
+    noise: str | None = field(default=None, metadata=_group("measure", kinds=CT + MRI))
+    """ct, mri: noise added to simulated measurements: poisson:I0 (ct, I0 photons per ray), gaussian:S (std S in image units) (default none)"""
+    held_out: float | None = field(default=None, metadata=_group("measure", kinds=CT + MRI))
+    """ct, mri: fraction of the measurements held out for validation (ct: views, mri: k-space samples); sweeps select on them (default 0)"""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -286,7 +286,7 @@ def test_help_and_argument_errors_do_not_load_torch() -> None:
     probe = ("import sys; from nfit.cli import main; sys.argv = ['nfit', *sys.argv[1:]]\n"
              "try:\n    main()\nexcept SystemExit:\n    pass\n"
              "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
-    for args in (["--help"], ["image", "--help"], ["batch", "--help"], ["image", "x.png", "--steps", "many"],
+    for args in (["--help"], ["image", "--help"], ["ct", "--help"], ["batch", "--help"], ["image", "x.png", "--steps", "many"],
                  ["encodings"], ["image", "x.png", "--encoding", "gaus"]):
         proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
         assert proc.stderr.strip().endswith("NO-TORCH"), (args, proc.stderr[-300:])

@@ -7,11 +7,11 @@ import sys
 import typer
 
 from nfit import __version__
-from nfit.cli import batch_cmds, jobs, kernel_cmds, model_cmds
+from nfit.cli import batch_cmds, jobs, kernel_cmds, model_cmds, phantom_cmds
 
 app = typer.Typer(
     name="nfit",
-    help="Fit neural fields (Fourier-feature MLPs) to images, volumes and meshes.",
+    help="Fit neural fields (Fourier-feature MLPs) to images, volumes and meshes, and through CT and MRI measurements.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -20,6 +20,9 @@ app = typer.Typer(
 app.command()(jobs.image)
 app.command()(jobs.volume)
 app.command()(jobs.sdf)
+app.command()(jobs.ct)
+app.command()(jobs.mri)
+app.command()(phantom_cmds.phantom)
 app.command()(model_cmds.render)
 app.command()(model_cmds.info)
 app.command()(model_cmds.encodings)

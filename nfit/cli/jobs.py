@@ -20,10 +20,12 @@ from rich.table import Table
 from nfit.catalog import KINDS, kind_facts
 from nfit.cli.common import RichReporter, emit, fmt, handle_errors, stdout
 from nfit.config import OPTIONS, FitConfig, load_yaml_config, option_help, value_type
+from nfit.errors import UsageError
 from nfit.io import json_safe
 from nfit.spec import FitSpec, JobSpec, KernelSpec, SweepSpec
 
-PANELS = {"grid": "Grid encodings", "siren": "SIREN", "mesh": "Meshes (sdf)", None: "Fit"}
+PANELS = {"grid": "Grid encodings", "siren": "SIREN", "mesh": "Meshes (sdf)", "ct": "CT", "mri": "MRI",
+          "measure": "Measurements (ct, mri)", None: "Fit"}
 FLAG_NAMES = {"encodings": "--encoding", "sigmas": "--sigma", "json_out": "--json"}
 #: fit options a command does not take: they are its spec's own (or mean nothing to it)
 EXCLUDED = {"sweep": {"encoding", "sigma"},
@@ -50,8 +52,11 @@ def _parameters(spec_cls: type[JobSpec], kind: str | None) -> list[inspect.Param
     if kind is None:
         params.append(inspect.Parameter("kind", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
             str, typer.Argument(help=f"signal kind: {', '.join(KINDS)}")]))
-    params.append(inspect.Parameter("path", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
-        Path, typer.Argument(help="the signal file; - reads it from standard input")]))
+    # Kinds that also read measured data from an option (ct --sinogram, mri --kspace) take PATH optionally.
+    optional = kind is None or kind_facts(kind).input_option is not None
+    params.append(inspect.Parameter("path", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None if optional
+                                    else inspect.Parameter.empty, annotation=Annotated[
+        Path | None if optional else Path, typer.Argument(help="the signal file; - reads it from standard input")]))
     helps = option_help(FitConfig)
     defaults = kind_facts(kind).defaults if kind else {}
     for name, f in OPTIONS.items():
@@ -90,7 +95,12 @@ def job_command(spec_cls: type[JobSpec], name: str, doc: str, kind: str | None =
             kind_facts(job_kind)
             flags = {k: args[k] for k in option_names if args[k] is not None}
             options = {**load_yaml_config(args["config"]), **flags}
-            spec = spec_cls(kind=job_kind, input=str(args["path"]), options=options,
+            path = args["path"]
+            if path is None:  # the measured data named by the kind's option is the input
+                path = options.get(kind_facts(job_kind).input_option or "")
+                if path is None:
+                    raise UsageError("missing the signal file PATH")
+            spec = spec_cls(kind=job_kind, input=str(path), options=options,
                             **{k: args[k] for k in spec_names})
             spec.config()  # every option checked before the library (and torch) loads
             execute(spec, args["json_out"], args["quiet"])
@@ -171,6 +181,12 @@ sdf = job_command(FitSpec, "sdf", "Fit a signed distance (or occupancy) field to
                   "GLB): writes recon.ply, preview.png, curve.*, report.json, model.safetensors.", kind="sdf")
 sweep = job_command(SweepSpec, "sweep", "Train every (encoding, sigma, seed) at once as stacked members, choose "
                     "on validation: sweep.csv, sweep.json, sweep.png and the chosen model's outputs.")
+ct = job_command(FitSpec, "ct", "Reconstruct an image from parallel-beam projections (simulated from PATH, or "
+                 "--sinogram): writes recon.png, fbp.png, sinogram.png, curve.*, report.json, model.safetensors.",
+                 kind="ct")
+mri = job_command(FitSpec, "mri", "Reconstruct a volume from k-space samples (simulated from PATH, or --kspace and "
+                  "--mask): writes recon.nii.gz, zerofill.nii.gz, kspace.png, slices.png, curve.*, report.json, "
+                  "model.safetensors.", kind="mri")
 kernel = job_command(KernelSpec, "kernel", "Tangent kernel (NTK; GTK for grid encodings) of a field on a signal: "
                      "spectrum.csv/png, kernel_row.png, prediction.png, report.json.")
 

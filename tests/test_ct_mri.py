@@ -1,0 +1,272 @@
+"""`nfit ct` and `nfit mri`: the operators against closed forms and libraries, adjoints,
+tiny reconstructions, held-out sweeps, bad inputs, render after reload."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from nfit.cli import app
+from nfit.errors import UsageError
+from nfit.operators import KSpaceOperator, RotationProjector, paper_angles, parse_angles, variable_density_mask
+from nfit.phantoms import perturbed_shepp_logan
+from nfit.signals.measure import Measurement, MeasurementObjective
+
+TINY = ["--width", "64", "--depth", "3", "--features", "64", "--precision", "fp32", "--device", "cpu",
+        "--eval-every", "50", "--quiet"]
+
+
+def disc(n: int, radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[:n, :n]
+    return (((xx - n // 2) ** 2 + (yy - n // 2) ** 2) <= radius ** 2).astype(np.float64)
+
+
+def project(image: np.ndarray, angles: np.ndarray, method: str) -> np.ndarray:
+    proj = RotationProjector(image.shape[0], angles, method)
+    return proj(torch.from_numpy(image).reshape(1, -1))[0].double().numpy()
+
+
+def test_standard_projector_matches_skimage_radon() -> None:
+    from skimage.transform import radon
+
+    n = 48
+    yy, xx = np.mgrid[:n, :n]
+    image = disc(n, 18) * (0.5 + 0.4 * np.sin(xx / 5.0) * np.cos(yy / 7.0))  # zero outside the circle
+    angles = np.array([0.0, 13.0, 45.0, 90.0, 121.5, 179.0])
+    ours = project(image, angles, "standard")
+    theirs = radon(image, theta=angles, circle=True).T
+    assert ours.shape == theirs.shape == (6, n)
+    assert np.abs(ours - theirs).max() < 1e-4 * np.abs(theirs).max()
+
+
+@pytest.mark.parametrize("method", ["standard", "paper"])
+def test_projection_of_a_disc_is_its_chord(method: str) -> None:
+    n, radius = 128, 40.0
+    t = np.arange(n) - n // 2
+    chord = 2 * np.sqrt(np.clip(radius ** 2 - t ** 2, 0, None))  # line integral in pixels
+    expected = chord / n if method == "paper" else chord  # the paper's mean over rows
+    got = project(disc(n, radius), paper_angles(20), method)
+    unit = 1.0 / n if method == "paper" else 1.0
+    # every view equals the chord up to the disc's pixelation (within a pixel at the rim;
+    # nearest-neighbour resampling adds half a pixel on average)
+    assert np.abs(got - expected[None]).mean() < (0.6 if method == "paper" else 0.35) * unit
+    inner = np.abs(t) < radius - 3  # away from the rim, where the chord's slope is unbounded
+    assert np.abs(got - expected[None])[:, inner].max() < 2.5 * unit  # one sample at each end
+    # and the mass is kept: the sum over bins is the disc's area (in the operator's units)
+    assert np.allclose(got.sum(axis=1), disc(n, radius).sum() * unit, rtol=1e-2 if method == "paper" else 2e-3)
+
+
+@pytest.mark.parametrize("method", ["standard", "paper"])
+def test_projector_adjoint_and_gradient(method: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    proj = RotationProjector(24, parse_angles("0:180:7"), method)
+    x = torch.rand(2, 24 * 24, generator=g, dtype=torch.float32)
+    y = torch.rand(2, 7, 24, generator=g, dtype=torch.float32)
+    lhs = (proj(x).double() * y.double()).sum()
+    rhs = (x.double() * proj.adjoint(y).double()).sum()
+    assert torch.allclose(lhs, rhs, rtol=1e-5)
+    x.requires_grad_(True)
+    (proj(x) * y).sum().backward()
+    assert torch.allclose(x.grad, proj.adjoint(y), atol=1e-6)
+
+
+def test_kspace_operator_matches_numpy_fft_and_its_adjoint() -> None:
+    rng = np.random.default_rng(0)
+    shape = (6, 8, 5)
+    mask = rng.random(shape) < 0.4
+    op = KSpaceOperator(mask)
+    vol = rng.random((2, *shape))
+    got = op(torch.from_numpy(vol)).numpy()
+    want = np.stack([np.fft.fftn(v)[mask] for v in vol])
+    assert np.allclose(got, want, atol=1e-9)
+    x = torch.from_numpy(rng.normal(size=(2, *shape)) + 1j * rng.normal(size=(2, *shape))).to(torch.complex64)
+    y = torch.from_numpy(rng.normal(size=(2, len(op))) + 1j * rng.normal(size=(2, len(op)))).to(torch.complex64)
+    lhs = (op(x).conj() * y).sum()  # <A x, y>
+    rhs = (x.conj() * op.adjoint(y).reshape(2, *shape)).sum()  # <x, A^H y>
+    assert torch.allclose(lhs, rhs, rtol=1e-4)
+
+
+def test_variable_density_mask_is_the_papers() -> None:
+    mask, drawn = variable_density_mask((96, 96, 96), 0.126, seed=0)
+    assert abs(mask.mean() - 0.126) < 1e-5
+    # the paper's 200,000 Gaussian draws (covariance 2 * 96 * I) cover about 12.6%
+    assert 190_000 < drawn < 210_000
+    small, _ = variable_density_mask((16, 16, 16), 0.15, seed=0)
+    assert small[0, 0, 0] and small[0, 0, 1] and small[0, 1, 0] and small[1, 0, 0]  # same shape, scaled
+    assert mask[0, 0, 0]  # DC sampled: the centre was shifted onto the corner
+    centred = np.fft.fftshift(mask)
+    assert centred[40:56, 40:56, 40:56].mean() > 0.9 > 0.1 > centred[:10].mean()
+
+
+def test_objective_in_slices_equals_the_whole_loss_and_gradient() -> None:
+    n = 16
+    proj = RotationProjector(n, paper_angles(5), "paper")
+    truth = torch.rand(1, n * n, generator=torch.Generator().manual_seed(1))
+    objective = MeasurementObjective(n * n, {"train": Measurement(proj, proj(truth)[0])})
+    pred = torch.rand(2, n * n, 1, requires_grad=True)
+    tags = objective.tags("train")
+    total = torch.zeros(2)
+    for start in range(0, n * n, 100):  # the loop's slices, weighted by their share
+        part = pred[:, start:start + 100]
+        loss = objective.loss(part, tags[start:start + 100]) * (part.shape[1] / (n * n))
+        loss.sum().backward()
+        total += loss.detach()
+    whole = ((proj(pred.detach()[..., 0]) - proj(truth)) ** 2).mean(dim=(1, 2))
+    assert torch.allclose(total, whole, rtol=1e-5)
+    ref = pred.detach().clone().requires_grad_(True)
+    ((proj(ref[..., 0]) - proj(truth)) ** 2).mean(dim=(1, 2)).sum().backward()
+    assert torch.allclose(pred.grad, ref.grad, rtol=1e-4, atol=1e-9)
+
+
+@pytest.fixture
+def phantom32(tmp_path: Path) -> Path:
+    from nfit.formats.images import write_image
+
+    path = tmp_path / "phantom.png"
+    write_image(path, perturbed_shepp_logan(1, 32, seed=3)[0], 16)
+    return path
+
+
+@pytest.fixture
+def blobs32(tmp_path: Path) -> Path:
+    """Three Gaussian blobs inside the inscribed circle: smooth, so a small field fits it quickly."""
+    from nfit.formats.images import write_image
+
+    yy, xx = np.mgrid[:32, :32] / 32.0
+    image = sum(a * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * s * s))
+                for cx, cy, s, a in ((0.4, 0.45, 0.12, 0.7), (0.62, 0.6, 0.07, 0.5), (0.5, 0.3, 0.05, 0.4)))
+    path = tmp_path / "blobs.png"
+    write_image(path, np.clip(image, 0, 1), 16)
+    return path
+
+
+def test_tiny_ct_reconstruction_reaches_a_floor_and_renders_after_reload(tmp_path: Path, blobs32: Path) -> None:
+    out = tmp_path / "ct"
+    result = CliRunner().invoke(app, ["ct", str(blobs32), "--views", "12", "--projector", "paper",
+                                      "--sigma", "3", "--steps", "300", "--lr", "3e-3", "--out", str(out),
+                                      "--json", *TINY])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["train"]["psnr"] > 35.0  # the projections are fitted
+    assert report["test"]["psnr"] > 25.0  # and the image behind them found (measured: 28.6 dB)
+    assert report["baseline"]["psnr"] > 25.0  # FBP of a smooth image is good too (measured: 35.0 dB)
+    for name in ("recon.png", "fbp.png", "sinogram.png", "curve.csv", "model.safetensors"):
+        assert (out / name).exists(), name
+    result = CliRunner().invoke(app, ["render", str(out / "model.safetensors"), "--out", str(tmp_path / "again.png"),
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    from nfit.formats.images import read_image
+
+    again, depth = read_image(tmp_path / "again.png")
+    recon, _ = read_image(out / "recon.png")
+    assert depth == 16 and np.abs(again - recon).max() < 1e-4
+
+
+def smooth_volume(n: int) -> np.ndarray:
+    z, y, x = np.meshgrid(*[np.arange(n) / n] * 3, indexing="ij")
+    return 0.5 + 0.2 * np.sin(2 * np.pi * x) * np.cos(2 * np.pi * y) + 0.2 * np.sin(2 * np.pi * (z + x))
+
+
+def test_tiny_mri_reconstruction_and_the_zero_filled_closed_form(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    affine = np.diag([2.0, 1.5, 1.0, 1.0])
+    src = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image((smooth_volume(16) * 200).astype(np.float32), affine), str(src))
+    out = tmp_path / "mri"
+    result = CliRunner().invoke(app, ["mri", str(src), "--fraction", "0.15", "--sigma", "1", "--steps", "200",
+                                      "--lr", "3e-3", "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["test"]["psnr"] > 30.0  # measured: 37.4 dB
+    # the volume's few low frequencies all lie inside the centred mask: zero filling is exact
+    assert report["baseline"]["psnr"] > 60.0
+    recon = nib.load(str(out / "recon.nii.gz"))
+    assert np.allclose(recon.affine, affine) and recon.shape == (16, 16, 16)
+    assert abs(report["signal"]["sampled_fraction"] - 0.15) < 1e-3
+
+
+def test_ct_sweep_selects_sigma_on_held_out_views(tmp_path: Path, blobs32: Path) -> None:
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(app, ["sweep", "ct", str(blobs32), "--views", "16", "--held-out", "0.25",
+                                      "--sigma", "0.3,3", "--steps", "150", "--lr", "3e-3", "--out", str(out),
+                                      "--json", *TINY])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    rows = {row["sigma"]: row for row in report["configs"]}
+    # the blurry sigma fits the held-out views worse, and the choice follows them
+    assert rows[3.0]["val_psnr"] > rows[0.3]["val_psnr"] + 5.0  # measured: 33.9 vs 19.1 dB
+    assert report["chosen"]["sigma"] == 3.0
+    assert rows[3.0]["test_psnr"] > rows[0.3]["test_psnr"]  # and the image agrees (25.8 vs 15.0 dB)
+
+
+def test_measured_sinogram_without_path_and_without_truth(tmp_path: Path) -> None:
+    angles = paper_angles(10)
+    sino = project(disc(24, 8) * 3.0, angles, "standard").astype(np.float32)  # values above 1: rescaled
+    np.save(tmp_path / "scan.npy", sino)
+    out = tmp_path / "meas"
+    result = CliRunner().invoke(app, ["ct", "--sinogram", str(tmp_path / "scan.npy"), "--angles", "0:180:10",
+                                      "--steps", "40", "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert "test" not in report or "psnr" not in report["test"]
+    assert report["signal"]["scale"] > 1.0 and (out / "recon.npy").exists()
+
+
+def _bad(tmp_path: Path, args: list[str], code: int, words: str) -> None:
+    out = tmp_path / "never"
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "--steps", "2", *TINY])
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("nfit: error:") and words in lines[0], result.output
+    assert not out.exists()
+
+
+def test_bad_inputs_one_line_right_code_nothing_written(tmp_path: Path, phantom32: Path) -> None:
+    np.save(tmp_path / "s.npy", np.ones((10, 24), dtype=np.float32))
+    _bad(tmp_path, ["ct", "--sinogram", str(tmp_path / "s.npy"), "--angles", "0:180:12"], 1,
+         "10 projections (rows) but --angles gives 12")
+    np.save(tmp_path / "c.npy", np.ones((10, 24), dtype=np.complex64))
+    _bad(tmp_path, ["ct", "--sinogram", str(tmp_path / "c.npy"), "--angles", "0:180:10"], 1, "complex")
+    nan = np.ones((10, 24), dtype=np.float32)
+    nan[2, 3] = np.nan
+    np.save(tmp_path / "n.npy", nan)
+    _bad(tmp_path, ["ct", "--sinogram", str(tmp_path / "n.npy"), "--angles", "0:180:10"], 1, "NaN")
+    _bad(tmp_path, ["ct", "--sinogram", str(tmp_path / "s.npy")], 2, "--angles")
+    _bad(tmp_path, ["ct", str(phantom32), "--batch", "64"], 2, "full-batch")
+    _bad(tmp_path, ["ct"], 2, "PATH")
+    kspace = np.ones((6, 6, 6), dtype=np.complex64)
+    np.save(tmp_path / "k.npy", kspace)
+    np.save(tmp_path / "m_shape.npy", np.ones((6, 6, 5)))
+    np.save(tmp_path / "m_empty.npy", np.zeros((6, 6, 6)))
+    np.save(tmp_path / "k_real.npy", np.ones((6, 6, 6), dtype=np.float32))
+    _bad(tmp_path, ["mri", "--kspace", str(tmp_path / "k.npy"), "--mask", str(tmp_path / "m_shape.npy")], 1,
+         "differs from the k-space")
+    _bad(tmp_path, ["mri", "--kspace", str(tmp_path / "k.npy"), "--mask", str(tmp_path / "m_empty.npy")], 1,
+         "samples nothing")
+    _bad(tmp_path, ["mri", "--kspace", str(tmp_path / "k_real.npy"), "--mask", str(tmp_path / "m_empty.npy")], 1,
+         "must be complex")
+    _bad(tmp_path, ["mri", "--kspace", str(tmp_path / "k.npy")], 2, "--mask")
+    _bad(tmp_path, ["sweep", "ct", str(phantom32), "--sigma", "1,2"], 2, "validation")
+    result = CliRunner().invoke(app, ["kernel", "ct", str(phantom32), "--out", str(tmp_path / "never"), "--quiet"])
+    assert result.exit_code == 2 and "measurement operator" in result.output and not (tmp_path / "never").exists()
+
+
+def test_paper_protocol_sets_the_recipe_per_encoding() -> None:
+    from nfit.config import merge_config
+
+    gauss = merge_config({}, {"protocol": "paper", "encoding": "gauss"}, kind="ct")
+    none = merge_config({}, {"protocol": "paper", "encoding": "none"}, kind="ct")
+    assert (gauss.lr, gauss.sigma, gauss.steps, gauss.projector, gauss.views) == (1e-3, 4.0, 1000, "paper", 20)
+    assert none.lr == 1e-2
+    mri = merge_config({}, {"protocol": "paper", "encoding": "posenc"}, kind="mri")
+    assert (mri.lr, mri.sigma, mri.grid, mri.fraction) == (2e-3, 4.0, "96x96x96", 0.126)
+    with pytest.raises(UsageError, match="applies to mri fits only"):
+        merge_config({}, {"fraction": 0.2}, kind="ct")
+    with pytest.raises(UsageError, match="applies to ct fits only"):
+        merge_config({}, {"projector": "paper"}, kind="mri")
