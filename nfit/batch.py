@@ -89,11 +89,14 @@ class BatchJob:
 
 
 def infer_kind(path: str) -> str:
-    """The signal kind a file's extension names; a usage error when none or several do."""
+    """The signal kind a file's extension names; a usage error when none or several do.
+    Kinds fitted through a measurement (ct, mri) read images and volumes too, but a file is
+    only their input when --kind says so."""
     from nfit.catalog import KINDS
 
     name = Path(path).name.lower()
-    kinds = [k for k, facts in KINDS.items() if any(name.endswith(e) for e in facts.extensions)]
+    kinds = [k for k, facts in KINDS.items() if not facts.through_operator
+             and any(name.endswith(e) for e in facts.extensions)]
     if len(kinds) == 1:
         return kinds[0]
     if not kinds:
