@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -11,10 +12,11 @@ from rich.table import Table
 
 from nfit.checkpoint import check_shapes, expected_shapes, load_checkpoint, read_header
 from nfit.cli.common import Device, Json, Quiet, emit, handle_errors, stdout
-from nfit.device import resolve_device
+from nfit.device import resolve_device, resolve_precision
 from nfit.encodings import ENCODINGS
 from nfit.io import check_output_file
 from nfit.signals import signal_kind
+from nfit.train import InPrecision
 
 
 def render(
@@ -29,8 +31,17 @@ def render(
         meta, _ = read_header(model)
         kind = signal_kind(meta["signal"].get("kind", ""))
         check_output_file(out, kind.render_extensions())
-        fld, meta = load_checkpoint(model, resolve_device(device or "auto"))
-        summary = kind.render(fld, meta["signal"], out, size=size, resolution=resolution)
+        target = resolve_device(device or "auto")
+        fld, meta = load_checkpoint(model, target)
+        # evaluated in the fit's precision (its --precision on this device)
+        precision = resolve_precision(str(meta["config"].get("precision", "auto")), target)
+        evaluator = InPrecision(fld, target, precision)
+        start = time.perf_counter()
+        summary = kind.render(evaluator, meta["signal"], out, size=size, resolution=resolution)
+        seconds = time.perf_counter() - start
+        summary.update({"precision": precision, "points": evaluator.points,
+                        "points_per_s": evaluator.points / seconds if seconds > 0 else None,
+                        "seconds": seconds})
         emit(summary, json_out, quiet, list(summary.items()))
 
 

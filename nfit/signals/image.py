@@ -88,11 +88,13 @@ def parse_size(text: str, dims: int) -> tuple[int, ...]:
 class ImageKind:
     name: str = "image"
     extensions: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp")
-    #: the paper's protocol: full-batch steps
+    #: the shared defaults (cosine schedule, --batch auto: full batch for the paper's crop)
     defaults: dict[str, Any] = {}
-    #: tancik/fourier-feature-networks, Experiments/2d_image: 2000 full-batch Adam steps at 1e-3
+    #: tancik/fourier-feature-networks, Experiments/2d_image: 2000 full-batch Adam steps at a
+    #: constant 1e-3
     protocols: dict[str, dict[str, dict[str, Any]]] = {
-        "paper": {"*": {"steps": 2000, "lr": 1e-3, "batch": 0, "split": "paper"}}}
+        "paper": {"*": {"steps": 2000, "lr": 1e-3, "batch": "full", "split": "paper",
+                        "schedule": "constant", "warmup": 0.0}}}
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_image(path)

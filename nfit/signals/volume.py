@@ -270,12 +270,18 @@ class VolumeKind:
     extensions: tuple[str, ...] = VOLUME_EXTENSIONS
     #: the full batch of a volume would not fit: random voxels per step
     defaults: dict[str, Any] = {"batch": VOLUME_BATCH}
-    protocols: dict[str, dict[str, dict[str, Any]]] = {}
+    #: the constant-rate Adam of the paper's notebooks (and of nfit before schedules)
+    protocols: dict[str, dict[str, dict[str, Any]]] = {
+        "paper": {"*": {"schedule": "constant", "warmup": 0.0}}}
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_volume(path)
         split_name, sets, held_out = volume_split(signal.shape, cfg.split, cfg.seed)
-        batch = cfg.batch if cfg.batch > 0 else VOLUME_BATCH
+        size = cfg.batch_size()
+        if size == 0:
+            raise UsageError("--batch full: a volume is fitted on random voxels each step; "
+                             "give a number of voxels (or auto)")
+        batch = size or VOLUME_BATCH
         problem = volume_problem(signal, sets, held_out, batch)
         meta = {"kind": self.name, "source": signal.source, "format": signal.fmt,
                 "shape": list(signal.shape), "channels": signal.out_dim, "dtype": signal.dtype,
