@@ -49,12 +49,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="30 steps, 6 epochs")
     parser.add_argument("--only", choices=("schedule", "batch"), default=None)
+    parser.add_argument("--steps", type=int, default=None, help="schedule fits' steps (200)")
+    parser.add_argument("--epochs", type=int, default=None, help="batch fits' epochs (40)")
+    parser.add_argument("--rows", default=None, help="comma list: only the schedule rows containing one")
     args = parser.parse_args()
     steps, epochs = (30, 6) if args.quick else (200, 40)
+    steps, epochs = args.steps or steps, args.epochs or epochs
+    rows = [(n, o) for n, o in SCHEDULES
+            if not args.rows or any(word in n for word in args.rows.split(","))]
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "schedule"):
             print(f"schedules: kodim05 --split paper, {steps} full-batch steps, held-out PSNR")
-            for name, options in SCHEDULES:
+            for name, options in rows:
                 r = fit("kodim05", {"split": "paper", "steps": steps, "eval_every": steps, **options},
                         Path(tmp))
                 print(f"{name:30s} test {r['test']['psnr']:6.2f} dB  train {r['train']['psnr']:6.2f} dB "

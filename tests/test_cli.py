@@ -239,8 +239,8 @@ def test_protocol_sets_the_kinds_recipe_under_the_flags():
     from nfit.errors import UsageError
 
     cfg = merge_config({}, {"protocol": "paper", "steps": 5}, kind="image")
-    assert (cfg.lr, cfg.steps, cfg.batch, cfg.split) == (1e-3, 5, 0, "paper")
+    assert (cfg.lr, cfg.steps, cfg.batch, cfg.split) == (1e-3, 5, "full", "paper")
     with pytest.raises(UsageError, match="not defined for sdf fits"):
-        merge_config({}, {"protocol": "paper"}, kind="sdf")
+        merge_config({}, {"protocol": "nope"}, kind="sdf")
     with pytest.raises(UsageError, match="applies to sdf fits only, not image"):
         merge_config({}, {"target": "sdf"}, kind="image")
