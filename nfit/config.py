@@ -102,10 +102,10 @@ class FitConfig:
     """a published recipe for this kind, set under the flags given: paper (the paper's lr per encoding, sigma, steps, full batch, constant rate)"""
 
     # Schedule, batch rule, budgets and storage (nfit.schedules; the batch rule: batch_points).
-    schedule: str = "cosine"
+    schedule: str = "constant"
     """learning-rate schedule: constant, cosine (from --lr down to 0 over the fit) or exp (x0.1 every --decay-steps)"""
-    warmup: float = 0.05
-    """warm-up: the rate rises linearly from 0 over this fraction of the fit (0 = none)"""
+    warmup: float = 0.0
+    """warm-up: the rate rises linearly from 0 over this fraction of the fit (0 = none; 0.05 is usual with cosine)"""
     decay_steps: int = 0
     """exp schedule: steps per x0.1 of the rate (0 = the whole fit)"""
     time_budget: str | None = None
