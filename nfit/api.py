@@ -47,6 +47,7 @@ from nfit.problem import FitResult, FitState, StepHook
 from nfit.reporting import Reporter
 from nfit.resume import RESUME_FILE, file_sha256, load_resume, read_resume_header
 from nfit.signals import Task, build_task_field, signal_kind
+from nfit.sizing import size_to_params
 from nfit.spec import FitSpec, JobSpec, KernelSpec, SweepSpec
 from nfit.stdio import STDIO, stdin_signal
 from nfit.train import fit
@@ -103,6 +104,8 @@ def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,
     }
     if job is not None:
         report["job"] = job
+    if "stopped" in result.extra:
+        report["stopped"] = result.extra["stopped"]
     metric = task.problem.metric_name
     for role in ("train", "val", "test"):
         if f"{role}_{metric}" in result.metrics:
@@ -113,13 +116,30 @@ def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,
     # a kind's own held-out scores (IoU, Chamfer, ...) join the test entry the CLI prints
     report.setdefault("test", {}).update(extra.pop("test_metrics", {}))
     report.update(extra)
-    save_checkpoint(out_dir / "model.safetensors", result.field, signal=task.meta,
-                    config=cfg.to_dict(), metrics=result.metrics)
+    bits = save_checkpoint(out_dir / "model.safetensors", result.field, signal=task.meta,
+                           config=cfg.to_dict(), metrics=result.metrics, store=cfg.store)
+    report["checkpoint"] = {"store": cfg.store, "tensor_bits": bits,
+                            "bytes": (out_dir / "model.safetensors").stat().st_size}
+    samples = _signal_samples(task)
+    if samples:
+        # bits of the stored tensors per sample of the signal (pixels: a codec's bpp)
+        report["checkpoint"][f"bits_per_{'pixel' if kind == 'image' else 'sample'}"] = bits / samples
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     report["files"] = sorted(set(report.get("files", [])) |
                              {"model.safetensors", "config.yaml", "report.json"})
     atomic_write_json(out_dir / REPORT_FILE, report)
     return report
+
+
+def _signal_samples(task: Task) -> int:
+    """Points of the signal's grid (pixels, voxels); 0 for signals that are not a grid."""
+    shape = task.meta.get("shape")
+    if not isinstance(shape, list) or not shape:
+        return 0
+    n = 1
+    for size in shape:
+        n *= int(size)
+    return n
 
 
 def run(spec: JobSpec, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -181,12 +201,14 @@ def _run_fit(spec: FitSpec, reporter: Reporter) -> dict[str, Any]:
     if spec.resume and state_path is not None:
         assert out is not None
         out_dir = out
-        job, _, _ = read_resume_header(state_path)
-        check_same_job(state_path, job, spec.kind, cfg, path)
+        saved_job, _, _ = read_resume_header(state_path)
     else:
         out_dir = resolve_out_dir(out, spec.default_out, spec.force)
         state_path = None
     task = prepare_task(spec.kind, path, cfg)
+    cfg = size_to_params(task, cfg)
+    if state_path is not None:
+        check_same_job(state_path, saved_job, spec.kind, cfg, path)
     check_finite(task, path)
     guard_memory(task, cfg, spec.max_memory)
     start: FitState | None = None
@@ -206,7 +228,8 @@ def _run_fit(spec: FitSpec, reporter: Reporter) -> dict[str, Any]:
             stale.unlink(missing_ok=True)
     job = {"kind": spec.kind, "source": str(path.resolve()), "source_sha256": file_sha256(path),
            "config": cfg.to_dict(), "checkpoint_every": spec.checkpoint_every}
-    with deferred_signals() as flag, reporter.fit(cfg.steps, task.problem.metric_name) as on_eval:
+    with deferred_signals() as flag, \
+            reporter.fit(cfg.steps, task.problem.metric_name, cfg.time_budget_s()) as on_eval:
         hook = Checkpointer(out_dir, job, spec.checkpoint_every, cfg.steps, flag)
         try:
             result = fit_task(task, cfg, on_eval, start=start, on_step=hook)
@@ -248,6 +271,8 @@ def _run_sweep(spec: SweepSpec, reporter: Reporter) -> dict[str, Any]:
     cfg = per_encoding[encodings[0]]
     out_dir = resolve_out_dir(Path(spec.out) if spec.out else None, spec.default_out, spec.force)
     task = prepare_task(spec.kind, spec.input, cfg)
+    per_encoding = {e: size_to_params(task, c) for e, c in per_encoding.items()}
+    cfg = per_encoding[encodings[0]]
     result = run_sweep(task, cfg, encodings, sigma_spec, spec.seeds, rounds=spec.rounds,
                        memory=int(spec.memory * 2**30) if spec.memory is not None else None,
                        on_group=reporter.group, on_note=reporter.note, configs=per_encoding)

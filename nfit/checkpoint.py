@@ -23,12 +23,31 @@ FORMAT = "nfit-checkpoint"
 FORMAT_VERSION = 1
 
 
+#: --store: the dtype the weights are written in (loading converts back to fp32)
+STORE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def stored_tensors(fld: Field, store: str = "fp32") -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint holds: trainable weights in the ``store`` dtype; buffers (a
+    random frequency matrix, whose rounding would move every feature's phase) as they are."""
+    weights = {name for name, p in fld.named_parameters() if p.is_floating_point()}
+    dtype = STORE_DTYPES[store]
+    return {k: (v.detach().to("cpu", dtype) if k in weights else v.detach().to("cpu")).contiguous()
+            for k, v in fld.state_dict().items()}
+
+
+def tensor_bits(tensors: dict[str, torch.Tensor]) -> int:
+    """Bits of the tensors' values (what bits per pixel counts; the JSON header aside)."""
+    return sum(t.numel() * t.element_size() * 8 for t in tensors.values())
+
+
 def save_checkpoint(path: Path, fld: Field, *, signal: dict[str, Any], config: dict[str, Any],
-                    metrics: dict[str, Any] | None = None) -> None:
-    """Write ``fld``'s tensors and the JSON needed to rebuild and render it."""
+                    metrics: dict[str, Any] | None = None, store: str = "fp32") -> int:
+    """Write ``fld``'s tensors and the JSON needed to rebuild and render it; returns the
+    bits of the stored tensors."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in fld.state_dict().items()}
+    tensors = stored_tensors(fld, store)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -38,9 +57,11 @@ def save_checkpoint(path: Path, fld: Field, *, signal: dict[str, Any], config: d
         "metrics": json.dumps(metrics or {}),
         "nfit_version": __version__,
         "torch_version": torch.__version__,
+        "store": store,
     }
     with atomic_path(Path(path)) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+    return tensor_bits(tensors)
 
 
 def read_safetensors_header(path: Path, what: str = "checkpoint"

@@ -20,6 +20,7 @@ import difflib
 import functools
 import inspect
 import math
+import re
 import textwrap
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -31,6 +32,30 @@ from nfit.errors import UsageError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "tf32")
+STORES = ("fp32", "fp16", "bf16")
+#: --batch auto: the full batch up to this many training points (the paper split's 256^2),
+#: random minibatches beyond. Measured (bench/bench_defaults.py, kodim08 whole, equal points
+#: evaluated): minibatches of 2^16 beat 2^17 by 2 dB, which beat 2^18 and the full batch;
+#: on a CPU a step's cost is linear in its points, so smaller steps buy more updates.
+AUTO_FULL_BATCH = 1 << 16
+#: --batch auto: points per step of the random minibatches of a larger training set
+AUTO_MINIBATCH = 1 << 16
+#: --steps when a --time-budget is given without one: the budget decides
+BUDGET_STEP_CAP = 1_000_000
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+
+
+def parse_duration(text: str) -> float:
+    """'300', '90s', '5m', '1h30m', '2.5m' -> seconds (> 0)."""
+    value = str(text).strip().lower()
+    match = _DURATION.fullmatch(value)
+    if not value or not match or not any(match.groups()):
+        raise UsageError(f"bad --time-budget {text!r}: expected seconds or a duration like 90s, 5m, 1h30m")
+    h, m, s = (float(g) if g else 0.0 for g in match.groups())
+    seconds = 3600 * h + 60 * m + s
+    if seconds <= 0:
+        raise UsageError(f"--time-budget must be positive, got {text!r}")
+    return seconds
 
 
 def _group(name: str, cli: bool = True, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -71,12 +96,28 @@ class FitConfig:
     """auto, fp32, bf16 or tf32"""
     split: str = "paper"
     """paper (train [::2,::2], test [1::2,1::2], validation [::2,1::2]), all, or random[:F]"""
-    batch: int = 0
-    """points per step; 0 = the kind's default (images: the full batch)"""
+    batch: str = "auto"
+    """points per step: auto (images: the full batch up to 2^16 points, random minibatches of 2^16 beyond), full, or a number (0 = auto)"""
     eval_every: int = 25
     """steps between evaluations of the held-out sets"""
     protocol: str | None = None
-    """a published recipe for this kind, set under the flags given: paper (the paper's lr per encoding, sigma, steps, full batch)"""
+    """a published recipe for this kind, set under the flags given: paper (the paper's lr per encoding, sigma, steps, full batch, constant rate)"""
+
+    # Schedule, batch rule, budgets and storage (nfit.schedules; the batch rule: batch_points).
+    schedule: str = "constant"
+    """learning-rate schedule: constant, cosine (from --lr down to 0 over the fit) or exp (x0.1 every --decay-steps)"""
+    warmup: float = 0.0
+    """warm-up: the rate rises linearly from 0 over this fraction of the fit (0 = none; 0.05 is usual with cosine)"""
+    decay_steps: int = 0
+    """exp schedule: steps per x0.1 of the rate (0 = the whole fit)"""
+    time_budget: str | None = None
+    """stop when this much training time is spent (300, 90s, 5m, 1h30m), then write every output; with it --steps is only a cap"""
+    target_psnr: float | None = None
+    """stop when this PSNR (dB) is reached: on the validation set where there is one, else the test set (= the training set for --split all)"""
+    params: float | None = None
+    """size the model to this many parameters (1e5): the MLP's width, or the grid's table (hashgrid: levels and table size; densegrid, mulfagrid: finest resolution)"""
+    store: str = "fp32"
+    """dtype of the weights in model.safetensors: fp32, fp16 or bf16 (buffers such as random frequencies stay fp32)"""
 
     levels: int | None = field(default=None, metadata=_group("grid"))
     """grid levels L (hashgrid 16, densegrid/mulfagrid 8)"""
@@ -137,8 +178,40 @@ class FitConfig:
     held_out: float | None = field(default=None, metadata=_group("measure", kinds=CT + MRI))
     """ct, mri: fraction of the measurements held out for validation (ct: views, mri: k-space samples); sweeps select on them (default 0)"""
 
+    def __post_init__(self) -> None:
+        # --batch takes words and numbers; Python callers may pass an int
+        self.batch = str(self.batch).strip().lower()
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def batch_size(self) -> int | None:
+        """--batch as a number: None for auto, 0 for the full batch, else the points per step."""
+        if self.batch in ("auto", "0"):
+            return None
+        if self.batch == "full":
+            return 0
+        try:
+            value = float(self.batch)
+        except ValueError:
+            value = -1.0
+        if not (value >= 1 and value == int(value)):
+            raise UsageError(f"--batch must be auto, full or a positive number of points, got {self.batch!r}")
+        return int(value)
+
+    def batch_points(self, n: int) -> int:
+        """Points per step for a training set of n fixed points; 0 means the full batch.
+
+        auto: the full batch up to AUTO_FULL_BATCH points, random minibatches of
+        AUTO_MINIBATCH beyond (README: how they were measured)."""
+        size = self.batch_size()
+        if size is None:
+            size = 0 if n <= AUTO_FULL_BATCH else AUTO_MINIBATCH
+        return size if 0 < size < n else 0
+
+    def time_budget_s(self) -> float | None:
+        """--time-budget in seconds (None without one)."""
+        return None if self.time_budget is None else parse_duration(self.time_budget)
 
     def given(self, group: str) -> dict[str, Any]:
         """The options of ``group`` that are set (not None)."""
@@ -176,8 +249,17 @@ class FitConfig:
             raise UsageError(f"--sigma must be a positive number, got {self.sigma}")
         if self.features < 1 or self.width < 1 or self.depth < 1:
             raise UsageError("--features, --width and --depth must be at least 1")
-        if self.batch < 0:
-            raise UsageError(f"--batch must be 0 (the kind's default) or positive, got {self.batch}")
+        self.batch_size()
+        from nfit.schedules import check_schedule
+
+        check_schedule(self.schedule, self.warmup, self.decay_steps)
+        self.time_budget_s()
+        if self.target_psnr is not None and not math.isfinite(self.target_psnr):
+            raise UsageError(f"--target-psnr must be a number of dB, got {self.target_psnr}")
+        if self.params is not None and not (math.isfinite(self.params) and self.params >= 10):
+            raise UsageError(f"--params must be a number of parameters of at least 10, got {self.params:g}")
+        if self.store not in STORES:
+            raise UsageError(f"--store must be one of {', '.join(STORES)}, got {self.store!r}")
         if self.eval_every < 1:
             raise UsageError(f"--eval-every must be at least 1, got {self.eval_every}")
         if self.device not in DEVICES:
@@ -294,6 +376,8 @@ def merge_config(file_values: dict[str, Any], flags: dict[str, Any], *,
     elif given.get("protocol") is not None:
         raise UsageError("--protocol needs a signal kind")
     values.update(given)
+    if given.get("time_budget") is not None and "steps" not in given:
+        values["steps"] = BUDGET_STEP_CAP  # the budget decides where the fit stops
     values.update(registry_defaults(values))
     cfg = FitConfig(**{k: _coerce(k, v) for k, v in values.items()})
     cfg.validate()

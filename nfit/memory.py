@@ -38,7 +38,7 @@ from nfit.errors import DataError, UsageError
 from nfit.problem import PointSource, held_len
 from nfit.signals import Task, build_task_field
 from nfit.stack import stack_encodings
-from nfit.train import EVAL_SUBSET, FEATURE_CACHE_BYTES, slice_rows
+from nfit.train import EVAL_FULL_MAX, EVAL_SUBSET, FEATURE_CACHE_BYTES, slice_rows
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -82,13 +82,14 @@ def member_bytes(task: Task, cfg: FitConfig, precision: str = "fp32", *, k: int 
     features = fld.encoding.out_dim
     params = sum(p.numel() for p in fld.parameters() if p.requires_grad)
     problem = task.problem
-    n_eval = sum(min(held_len(h), EVAL_SUBSET) if isinstance(h, PointSource) else held_len(h)
+    n_eval = sum(min(held_len(h), EVAL_SUBSET)
+                 if isinstance(h, PointSource) or held_len(h) > EVAL_FULL_MAX else held_len(h)
                  for h in problem.eval_sets.values())
     n_fixed = (len(problem.train_x) if problem.sampler is None else 0) + n_eval
     cache = n_fixed * per_point
     if cache * k > FEATURE_CACHE_BYTES:
         cache = 0
-    n_step = problem.points_per_step(cfg.batch)
+    n_step = problem.points_per_step(cfg.batch_points(len(problem.train_x)))
     in_flight = min(n_step, slice_rows(k, device, cfg.width)) if device.type == "cpu" else n_step
     width, depth, channels = cfg.width, cfg.depth, task.out_dim
     step = n_step * (features * s + 2 * channels * 4) + \

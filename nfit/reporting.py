@@ -11,8 +11,10 @@ class Reporter:
     """Where a job's progress goes. This one says nothing; override what you want to see."""
 
     @contextlib.contextmanager
-    def fit(self, total: int, metric: str) -> Iterator[Callable[[dict[str, float]], None] | None]:
-        """Around a fit of ``total`` steps: yields the ``on_eval(row)`` callback, or None."""
+    def fit(self, total: int, metric: str, budget: float | None = None
+            ) -> Iterator[Callable[[dict[str, float]], None] | None]:
+        """Around a fit of at most ``total`` steps and ``budget`` seconds (None: no time
+        budget): yields the ``on_eval(row)`` callback, or None."""
         yield None
 
     def group(self, label: str, steps: int) -> Callable[[int], None] | None:

@@ -116,11 +116,16 @@ class FixedFeatures(nn.Module):
         self.out_dim = encodings[0].out_dim
 
     def prepare(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        with torch.no_grad():
+        # fp32 even inside an autocast region: a bf16 projection 2 pi B x loses the phase
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
             if x.ndim == 2:
-                return torch.stack([torch.cat([e(x[i:i + ENCODE_CHUNK]).to(dtype)
-                                               for i in range(0, len(x), ENCODE_CHUNK)])
-                                    for e in self.encodings])
+                # filled in place: a (K, N, F) cache of a whole photograph is gigabytes, and
+                # stacking concatenated chunks would hold it twice
+                out = torch.empty(len(self.encodings), len(x), self.out_dim, dtype=dtype, device=x.device)
+                for k, e in enumerate(self.encodings):
+                    for i in range(0, len(x), ENCODE_CHUNK):
+                        out[k, i:i + ENCODE_CHUNK] = e(x[i:i + ENCODE_CHUNK])
+                return out
             return torch.stack([e(xk).to(dtype) for e, xk in zip(self.encodings, x, strict=True)])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:

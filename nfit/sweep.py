@@ -218,7 +218,8 @@ def _check_member_config(task: Task, bases: Mapping[str, FitConfig],
 def _group_key(fld: Field, cfg: FitConfig) -> tuple[Any, ...]:
     """Members share a stack only with one field shape (``nfit.stack.stack_key``) and one
     schedule."""
-    return stack_key(fld) + (cfg.steps, cfg.lr, cfg.batch, cfg.eval_every)
+    return stack_key(fld) + (cfg.steps, cfg.lr, cfg.batch, cfg.eval_every, cfg.schedule, cfg.warmup,
+                             cfg.decay_steps, cfg.time_budget, cfg.target_psnr)
 
 
 def train_members(task: Task, base: FitConfig | Mapping[str, FitConfig],

@@ -46,9 +46,10 @@ import torch
 
 from nfit.config import FitConfig
 from nfit.device import autocast, configure_matmul
-from nfit.errors import DivergenceError
+from nfit.errors import DivergenceError, UsageError
 from nfit.field import Field
 from nfit.problem import FitResult, FitState, HeldOut, PointSource, Problem, Scores, StepHook
+from nfit.schedules import lr_factor
 from nfit.stack import Members
 
 #: Cached inputs (features, grid geometry) above this many bytes are computed per step.
@@ -58,6 +59,9 @@ EVAL_CHUNK = 1 << 16
 CPU_STEP_CHUNK = 8192
 #: Points of a PointSource scored at each evaluation during training (a fixed subset).
 EVAL_SUBSET = 1 << 16
+#: Held-out tensor sets above this many points are scored on a fixed EVAL_SUBSET during
+#: training too (a whole photograph every 25 steps would cost more than its steps).
+EVAL_FULL_MAX = 1 << 18
 
 
 @dataclass
@@ -76,6 +80,8 @@ class TrainResult:
     wall_time: float
     device: str
     precision: str
+    #: why the fit ended: "steps", "time budget" or "target psnr"
+    stopped: str = "steps"
 
 
 def slice_rows(k: int, device: torch.device, width: int = 256) -> int:
@@ -124,6 +130,26 @@ def predict(fld: Field, x: torch.Tensor, *, chunk: int | None = None) -> torch.T
         return torch.cat([fld(x[i:i + chunk]).float() for i in range(0, len(x), chunk)])
 
 
+class InPrecision(Field):
+    """A trained field that evaluates as its fit did: the network under the fit's autocast
+    (bf16 on a CPU with native bf16), a fixed encoding's features in fp32 (a bf16 phase
+    2 pi b.x would be off by whole radians at sigma 10). Counts the points it evaluates.
+
+    For rendering: ``nfit render`` hands one to the kind's ``render`` in place of the field.
+    """
+
+    def __init__(self, fld: Field, device: torch.device, precision: str) -> None:
+        super().__init__(fld.encoding, fld.network, fld.spec())
+        self.device, self.precision, self.points = device, precision, 0
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        self.points += len(coords)
+        with torch.autocast(self.device.type, enabled=False):
+            features = self.encoding(coords)
+        with autocast(self.device, self.precision):
+            return self.network(features).float()  # type: ignore[no-any-return]
+
+
 def _pairs(held: HeldOut, chunk: int):
     if isinstance(held, PointSource):
         return held.chunks(chunk)
@@ -158,6 +184,14 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
     members = Members(fields).to(device)
     objective = problem.objective
     optimizer = torch.optim.Adam(members.param_groups(cfg), lr=cfg.lr, foreach=True)
+    # The schedule scales each group's own base rate (a grid's table keeps its settings);
+    # read before a resumed state overwrites the groups with its last step's rates.
+    base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+    budget = cfg.time_budget_s()
+    scheduled = cfg.schedule != "constant" or cfg.warmup > 0
+    if cfg.target_psnr is not None and problem.objective.metric != "psnr":
+        raise UsageError(f"--target-psnr needs a PSNR-scored fit; this one is scored by "
+                         f"{problem.objective.metric}")
 
     distinct = sorted(set(seeds))
     generators = {s: torch.Generator(device=device).manual_seed(s) for s in distinct}
@@ -169,12 +203,17 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
     train_x, train_y = problem.train_x.to(device), problem.train_y.to(device)
     sampler = problem.sampler
     n_train = len(train_x)
-    batch = cfg.batch if 0 < cfg.batch < n_train else 0
+    batch = cfg.batch_points(n_train)
     subset_generator = torch.Generator().manual_seed(int(cfg.seed))
     eval_xy = {}
     for name, held in problem.eval_sets.items():
-        x, y = held.sample(min(EVAL_SUBSET, len(held)), subset_generator) \
-            if isinstance(held, PointSource) else held
+        if isinstance(held, PointSource):
+            x, y = held.sample(min(EVAL_SUBSET, len(held)), subset_generator)
+        elif len(held[0]) > EVAL_FULL_MAX:
+            pick = torch.randperm(len(held[0]), generator=subset_generator)[:EVAL_SUBSET].sort().values
+            x, y = held[0][pick], held[1][pick]
+        else:
+            x, y = held
         eval_xy[name] = (x.to(device), y.to(device))
     fixed_points = (n_train if sampler is None else 0) + sum(len(x) for x, _ in eval_xy.values())
     cache = fixed_points * members.point_bytes(dtype) <= FEATURE_CACHE_BYTES
@@ -239,7 +278,7 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
         return ([members.prepare(part, dtype) for part in xs],
                 [y[..., i:i + step_rows, :] for i in range(0, n, step_rows)], n)
 
-    def evaluate(step: int, losses: list[float]) -> None:
+    def evaluate(step: int, losses: list[float]) -> list[dict[str, float]]:
         out: list[dict[str, float]] = [{"step": float(step), "train_loss": v} for v in losses]
         if objective.metric == "psnr":
             for row in out:
@@ -263,6 +302,7 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
             hist.append(row)
         if on_eval is not None:
             on_eval(out[0])
+        return out
 
     def all_finite() -> bool:
         return bool(torch.isfinite(recent).all()) and all(
@@ -282,9 +322,17 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
         return FitState(step, member_states(fields), optimizer_state_cpu(optimizer), rng,
                         rows_so_far, elapsed_before + time.perf_counter() - t0)
 
+    target_key = next((f"{name}_psnr" for name in ("val", "test") if name in eval_in), "train_psnr")
+    stopped, last_step = "steps", first - 1
     members.train()
     t0 = time.perf_counter()
     for step in range(first, cfg.steps + 1):
+        if scheduled:
+            factor = lr_factor(cfg.schedule, step, cfg.steps, warmup=cfg.warmup,
+                               decay_steps=cfg.decay_steps, budget=budget,
+                               elapsed=elapsed_before + time.perf_counter() - t0)
+            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = base * factor
         parts, targets, n_step = step_inputs(step)
         optimizer.zero_grad(set_to_none=True)
         recent = torch.zeros(k, device=device)
@@ -303,13 +351,21 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
         optimizer.step()
         if stop and step % check_every == 0 and not bool(torch.isfinite(recent).all()):
             _diverged(step, cfg, precision)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        out_of_time = budget is not None and elapsed_before + time.perf_counter() - t0 >= budget
+        reached = False
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             losses_now = recent.tolist()
             if stop and not all(math.isfinite(v) for v in losses_now):
                 _diverged(step, cfg, precision)
-            evaluate(step, losses_now)
+            rows_now = evaluate(step, losses_now)
+            reached = cfg.target_psnr is not None and all(
+                row.get(target_key, -math.inf) >= cfg.target_psnr for row in rows_now)
         if on_step is not None:
             on_step(step, lambda step=step: capture(step))  # type: ignore[misc]
+        last_step = step
+        if out_of_time or reached:
+            stopped = "time budget" if out_of_time else "target psnr"
+            break
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = elapsed_before + time.perf_counter() - t0
@@ -336,9 +392,9 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
         bad = not math.isfinite(last[i]) or not all(math.isfinite(v) for v in final[i].values()) \
             or not all(bool(torch.isfinite(p).all()) for p in fields[i].parameters())
         if bad and stop:
-            _diverged(cfg.steps, cfg, precision)
+            _diverged(last_step, cfg, precision)
         results.append(MemberResult(history[i], final[i], diverged=bad))
-    return TrainResult(results, cfg.steps, wall, str(device), precision)
+    return TrainResult(results, last_step, wall, str(device), precision, stopped)
 
 
 def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, precision: str,
@@ -349,7 +405,7 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
                    on_step=on_step, on_eval=on_eval)
     member = result.members[0]
     return FitResult(fld, member.history, member.metrics, result.steps, result.wall_time,
-                     result.device, result.precision)
+                     result.device, result.precision, extra={"stopped": result.stopped})
 
 
 def _diverged(step: int, cfg: FitConfig, precision: str) -> None:

@@ -239,12 +239,12 @@ def test_protocol_sets_the_kinds_recipe_under_the_flags():
     from nfit.errors import UsageError
 
     cfg = merge_config({}, {"protocol": "paper", "steps": 5}, kind="image")
-    assert (cfg.lr, cfg.steps, cfg.batch, cfg.split, cfg.sigma) == (1e-3, 5, 0, "paper", 10.0)
+    assert (cfg.lr, cfg.steps, cfg.batch, cfg.split, cfg.sigma) == (1e-3, 5, "full", "paper", 10.0)
     basic = merge_config({}, {"protocol": "paper", "encoding": "basic", "lr": 3e-3}, kind="image")
     assert (basic.lr, basic.steps) == (3e-3, 2000)  # the flag over the recipe's 1e-2
     assert merge_config({}, {"protocol": "paper", "encoding": "none"}, kind="image").lr == 1e-2
     with pytest.raises(UsageError, match="not defined for sdf fits"):
-        merge_config({}, {"protocol": "paper"}, kind="sdf")
+        merge_config({}, {"protocol": "nope"}, kind="sdf")
     with pytest.raises(UsageError, match="applies to sdf fits only, not image"):
         merge_config({}, {"target": "sdf"}, kind="image")
 
@@ -286,8 +286,8 @@ def test_help_and_argument_errors_do_not_load_torch() -> None:
     probe = ("import sys; from nfit.cli import main; sys.argv = ['nfit', *sys.argv[1:]]\n"
              "try:\n    main()\nexcept SystemExit:\n    pass\n"
              "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)")
-    for args in (["--help"], ["image", "--help"], ["ct", "--help"], ["batch", "--help"], ["image", "x.png", "--steps", "many"],
-                 ["encodings"], ["image", "x.png", "--encoding", "gaus"]):
+    for args in (["--help"], ["image", "--help"], ["ct", "--help"], ["batch", "--help"],
+                 ["image", "x.png", "--steps", "many"], ["encodings"], ["image", "x.png", "--encoding", "gaus"]):
         proc = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True)
         assert proc.stderr.strip().endswith("NO-TORCH"), (args, proc.stderr[-300:])
 

@@ -258,8 +258,10 @@ def test_siren_initial_activations_follow_the_paper():
     ({"encoding": "densegrid", "levels": 4, "finest_resolution": 32}, 32.0),
     ({"encoding": "mulfagrid", "levels": 4, "finest_resolution": 32}, 32.0),
     ({"encoding": "mulfagrid", "levels": 4, "finest_resolution": 32, "kernel_form": "paper"}, 32.0),
-    # the paper's lr 1e-4 is tuned for 256-wide SIRENs; a small one this short needs 1e-3
-    ({"model": "siren", "width": 64, "depth": 3, "lr": 1e-3}, 35.0),
+    # the paper's lr 1e-4 is tuned for 256-wide SIRENs; a small one this short needs 1e-3,
+    # at the constant rate this floor was set for (the cosine default ends at 32 dB here)
+    ({"model": "siren", "width": 64, "depth": 3, "lr": 1e-3, "schedule": "constant",
+      "warmup": 0.0}, 35.0),
 ])
 def test_each_model_fits_a_tiny_image(tiny_rgb, flags, floor):
     cfg = merge_config({}, {**flags, "steps": 150, "split": "all", "eval_every": 150,

@@ -62,7 +62,9 @@ def test_grid_coords_follow_linspace_convention() -> None:
 
 @pytest.mark.parametrize("name", ["none", *FOURIER])
 def test_tiny_fit_reaches_floor(name: str, tiny_rgb: Path) -> None:
-    cfg = tiny_cfg(encoding=name)
+    # the floors were set at the constant rate; cosine from the same peak ends lower on
+    # the underfitting encodings (none: 21.8 dB at 200 steps)
+    cfg = tiny_cfg(encoding=name, schedule="constant", warmup=0.0)
     result = fit_task(prepare_task("image", tiny_rgb, cfg), cfg)
     floor = 26.0 if name == "none" else 38.0
     assert result.metrics["train_psnr"] > floor, result.metrics

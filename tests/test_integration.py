@@ -306,7 +306,7 @@ def test_3d_fit_resumes_to_identical_weights(tmp_path: Path, kind: str) -> None:
 
     class Interrupter(Reporter):
         @contextlib.contextmanager
-        def fit(self, total, metric):
+        def fit(self, total, metric, budget=None):
             def interrupt(row: dict[str, float]) -> None:
                 if row["step"] == 20:
                     signal.raise_signal(signal.SIGINT)

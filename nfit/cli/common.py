@@ -69,22 +69,31 @@ class RichReporter(Reporter):
         self.bars: Progress | None = None
 
     @contextlib.contextmanager
-    def fit(self, total: int, metric: str) -> Iterator[Any]:
+    def fit(self, total: int, metric: str, budget: float | None = None) -> Iterator[Any]:
         if self.quiet:
             yield None
             return
-        columns = [TextColumn("[bold]fit"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   TextColumn("{task.fields[status]}")]
+        # With a time budget the bar measures the time spent; the ETA is the measured step
+        # rate's, or the budget's end where that comes first.
+        columns = [TextColumn("[bold]fit"), BarColumn(), TextColumn("{task.fields[done]}"),
+                   TextColumn("{task.fields[eta]}"), TextColumn("{task.fields[status]}")]
         with Progress(*columns, console=stderr, transient=False) as progress:
-            task = progress.add_task("fit", total=total, status="")
+            task = progress.add_task("fit", total=budget or total, status="", done="", eta="")
 
             def on_eval(row: dict[str, float]) -> None:
+                step, spent = int(row["step"]), row["time"]
+                left = (total - step) * spent / step if step and spent > 0 else math.inf
+                if budget:
+                    left = min(left, max(budget - spent, 0.0))
+                progress.update(task, completed=spent if budget else step,
+                                done=f"step {step}" if budget else f"{step}/{total}",
+                                eta=f"eta {_duration(left)}")
                 status = f"loss {row['train_loss']:.3g}"
                 for role in ("train", "test"):
                     value = row.get(f"{role}_{metric}")
                     if value is not None:
                         status += f"  {role} {fmt(value)}{' dB' if metric == 'psnr' else ''}"
-                progress.update(task, completed=int(row["step"]), status=status)
+                progress.update(task, status=status)
 
             yield on_eval
 
@@ -110,6 +119,13 @@ class RichReporter(Reporter):
     def close(self) -> None:
         if self.bars is not None:
             self.bars.stop()
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-:--:--"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def fmt(value: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -27,8 +28,9 @@ def render(
     """Evaluate a fitted field at any resolution, in memory-bounded chunks."""
     with handle_errors():
         from nfit.checkpoint import load_checkpoint, read_header
-        from nfit.device import resolve_device
+        from nfit.device import resolve_device, resolve_precision
         from nfit.signals import signal_kind
+        from nfit.train import InPrecision
 
         meta, _ = read_header(model)
         kind = signal_kind(meta["signal"].get("kind", ""))
@@ -40,15 +42,24 @@ def render(
             raise UsageError("--out - writes the rendering to stdout; --json cannot share it")
         suffix = "." + (format or allowed[0].lstrip(".")).lower().lstrip(".")
         check_output_file(Path("stdout" + suffix) if to_stdout else out, allowed)
-        fld, meta = load_checkpoint(model, resolve_device(device or "auto"))
-        if not to_stdout:
-            summary = kind.render(fld, meta["signal"], out, size=size, resolution=resolution)
-            emit(summary, json_out, quiet, list(summary.items()))
+        target_device = resolve_device(device or "auto")
+        fld, meta = load_checkpoint(model, target_device)
+        # evaluated in the fit's precision (its --precision on this device)
+        precision = resolve_precision(str(meta["config"].get("precision", "auto")), target_device)
+        evaluator = InPrecision(fld, target_device, precision)
+        start = time.perf_counter()
+        if to_stdout:
+            with tempfile.TemporaryDirectory(prefix="nfit-render-") as folder:
+                written = Path(folder) / f"render{suffix}"
+                kind.render(evaluator, meta["signal"], written, size=size, resolution=resolution)
+                copy_to_stdout(written)
             return
-        with tempfile.TemporaryDirectory(prefix="nfit-render-") as folder:
-            target = Path(folder) / f"render{suffix}"
-            kind.render(fld, meta["signal"], target, size=size, resolution=resolution)
-            copy_to_stdout(target)
+        summary = kind.render(evaluator, meta["signal"], out, size=size, resolution=resolution)
+        seconds = time.perf_counter() - start
+        summary.update({"precision": precision, "points": evaluator.points,
+                        "points_per_s": evaluator.points / seconds if seconds > 0 else None,
+                        "seconds": seconds})
+        emit(summary, json_out, quiet, list(summary.items()))
 
 
 def info(

@@ -188,7 +188,7 @@ class CTKind:
     protocols = facts.protocols
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
-        require_full_batch(self.name, cfg.batch)
+        require_full_batch(self.name, cfg)
         data = _prepare_data(path, cfg)
         n = data.n
         train = RotationProjector(n, data.angles[data.train_views], data.projector)

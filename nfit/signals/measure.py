@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from nfit.config import FitConfig
 from nfit.errors import UsageError
 from nfit.metrics import psnr_from_mse
 from nfit.problem import HeldOut, Objective, Problem
@@ -141,7 +142,7 @@ def measurement_problem(shape: tuple[int, ...], sets: dict[str, Measurement]) ->
     return Problem(coords, objective.tags("train"), evals, objective)
 
 
-def require_full_batch(kind: str, batch: int) -> None:
-    if batch:
+def require_full_batch(kind: str, cfg: FitConfig) -> None:
+    if cfg.batch_size() != 0:
         raise UsageError(f"{kind} fits are full-batch (the loss runs through the operator on the "
-                         f"whole grid); drop --batch {batch}")
+                         f"whole grid); drop --batch {cfg.batch}")

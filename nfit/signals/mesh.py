@@ -67,8 +67,12 @@ MAX_RESOLUTION = 1024
 def mesh_options(cfg: FitConfig) -> dict[str, Any]:
     """The mesh options of ``cfg`` over DEFAULTS, checked (UsageError on bad values)."""
     opts = {**DEFAULTS, **cfg.given("mesh")}
-    if cfg.batch > 0:
-        opts["batch"] = cfg.batch
+    size = cfg.batch_size()
+    if size == 0:
+        raise UsageError("--batch full: a mesh is fitted on points drawn from its pool each "
+                         "step; give a number of points (or auto)")
+    if size:
+        opts["batch"] = size
     target = str(opts["target"]).lower()
     if target not in TARGETS:
         raise UsageError(f"--target must be one of {', '.join(TARGETS)}, got {opts['target']!r}")

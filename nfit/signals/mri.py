@@ -203,7 +203,7 @@ class MRIKind:
     protocols = facts.protocols
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
-        require_full_batch(self.name, cfg.batch)
+        require_full_batch(self.name, cfg)
         data = _prepare_data(path, cfg)
         n = math.prod(data.shape)
 

@@ -276,7 +276,11 @@ class VolumeKind:
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_volume(path)
         split_name, sets, held_out = volume_split(signal.shape, cfg.split, cfg.seed)
-        batch = cfg.batch if cfg.batch > 0 else VOLUME_BATCH
+        size = cfg.batch_size()
+        if size == 0:
+            raise UsageError("--batch full: a volume is fitted on random voxels each step; "
+                             "give a number of voxels (or auto)")
+        batch = size or VOLUME_BATCH
         problem = volume_problem(signal, sets, held_out, batch)
         meta = {"kind": self.name, "source": signal.source, "format": signal.fmt,
                 "shape": list(signal.shape), "channels": signal.out_dim, "dtype": signal.dtype,
