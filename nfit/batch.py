@@ -376,7 +376,7 @@ class Batch:
     results: dict[str, JobResult] = field(default_factory=dict)
     executor: str = "local"
 
-    def save(self) -> None:
+    def persist(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out / BATCH_FILE, json_safe({
             "executor": self.executor,
@@ -421,7 +421,7 @@ def run_batch(batch: Batch, executor: Any, *, force: bool = False,
             event("skipped", job, batch.results[job.name])
         else:
             todo.append(job)
-    batch.save()
+    batch.persist()
     by_name = {j.name: j for j in todo}
 
     def started(name: str) -> None:
@@ -429,13 +429,13 @@ def run_batch(batch: Batch, executor: Any, *, force: bool = False,
 
     def finished(result: JobResult) -> None:
         batch.results[result.name] = result
-        batch.save()
+        batch.persist()
         event("finished", by_name[result.name], result)
 
     try:
         executor.run([j.to_dict() for j in todo], batch.out, started, finished)
     finally:
-        batch.save()
+        batch.persist()
         write_tables(batch)
         with contextlib.suppress(OSError):
             (batch.out / RUNNING_DIR).rmdir()  # only when empty: no job of it is running

@@ -36,6 +36,7 @@ from typing import Any
 
 from nfit.batch import RUNNING_DIR, JobResult, report_metrics, safe_name
 from nfit.errors import Interrupted, NfitError, UsageError
+from nfit.io import atomic_write_text
 
 Started = Callable[[str], None]
 Finished = Callable[[JobResult], None]
@@ -61,8 +62,8 @@ def run_job(job: dict[str, Any], batch_dir: str, threads: int | None = None,
     name = job["name"]
     marker = Path(batch_dir) / RUNNING_DIR / f"{safe_name(name)}.json"
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                  "attempt": attempt, "started": time.time()}))
+    atomic_write_text(marker, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                          "attempt": attempt, "started": time.time()}))
     start = time.perf_counter()
     try:
         spec = spec_from_dict(job["spec"])
@@ -231,7 +232,7 @@ def _ray_job(job: dict[str, Any], batch_dir: str, threads: int) -> dict[str, Any
     marker = Path(batch_dir) / RUNNING_DIR / f"{safe_name(job['name'])}.attempts"
     marker.parent.mkdir(parents=True, exist_ok=True)
     attempt = int(marker.read_text()) + 1 if marker.exists() else 1
-    marker.write_text(str(attempt))
+    atomic_write_text(marker, str(attempt))
     try:
         return run_job(job, batch_dir, threads, attempt)
     finally:

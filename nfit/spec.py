@@ -79,7 +79,7 @@ class JobSpec:
         the job is run (--out, --force, --resume, checkpoints, the memory guard) are not part
         of it, nor is the input's directory, so a moved data folder is still the same job."""
         data = {k: v for k, v in self.to_dict().items() if k not in RUN_FIELDS}
-        data["options"] = self.config().to_dict()
+        data["options"] = self.resolved_options()
         source = Path(self.input)
         data["input"] = source.name
         if source.is_file():
@@ -89,6 +89,9 @@ class JobSpec:
                     digest.update(block)
             data["input_sha256"] = digest.hexdigest()
         return data
+
+    def resolved_options(self) -> dict[str, Any]:
+        return self.config().to_dict()
 
     def hash(self) -> str:
         """A short digest of ``identity()``: equal hashes, equal jobs."""
@@ -134,6 +137,12 @@ class SweepSpec(JobSpec):
     """refinement rounds of --sigma auto after its coarse grid"""
     memory: float | None = None
     """GiB the stacks may use (default: 60% of free memory)"""
+
+    def resolved_options(self) -> dict[str, Any]:
+        """Each encoding's resolved options, as the sweep trains its members."""
+        names = [e.strip() for e in self.encodings.split(",") if e.strip()]
+        return {e: merge_config({}, {**self.options, "encoding": e}, kind=self.kind,
+                                where="the sweep's options", encodings=names).to_dict() for e in names}
 
 
 @dataclass

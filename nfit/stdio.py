@@ -57,9 +57,9 @@ def stdin_signal(kind: str, extensions: tuple[str, ...],
         what = f"a {suffix} file" if suffix else "not a format nfit recognises"
         raise DataError(f"standard input: {what}, not a {kind} signal ({', '.join(extensions)})")
     with tempfile.TemporaryDirectory(prefix="nfit-stdin-") as folder:
-        path = Path(folder) / f"stdin{suffix}"
-        path.write_bytes(data)
-        yield path
+        tmp = Path(folder) / f"stdin{suffix}"  # a private temporary copy
+        tmp.write_bytes(data)
+        yield tmp
 
 
 def copy_to_stdout(path: Path) -> None:

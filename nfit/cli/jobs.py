@@ -46,6 +46,10 @@ def _option(name: str, annotation: str, help_text: str, default: Any, panel: str
                              annotation=Annotated[kind, info])
 
 
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float | int) and not isinstance(value, bool) else str(value)
+
+
 def _parameters(spec_cls: type[JobSpec], kind: str | None) -> list[inspect.Parameter]:
     """Positional KIND (for sweep and kernel) and PATH, every fit option, the spec's fields."""
     params = []
@@ -64,7 +68,7 @@ def _parameters(spec_cls: type[JobSpec], kind: str | None) -> list[inspect.Param
         if (not f.metadata.get("cli", True) or name in EXCLUDED.get(spec_cls.command, ())
                 or (f.metadata.get("kinds") and kind is not None and kind not in f.metadata["kinds"])):
             continue
-        text = helps[name] + (f" (default here: {defaults[name]:g})" if name in defaults else "")
+        text = helps[name] + (f" (default here: {_shown(defaults[name])})" if name in defaults else "")
         annotation = str(f.type) if "None" in str(f.type) else f"{f.type} | None"
         params.append(_option(name, annotation, text, None, PANELS[group]))
     for f in fields(spec_cls):
@@ -102,7 +106,8 @@ def job_command(spec_cls: type[JobSpec], name: str, doc: str, kind: str | None =
                     raise UsageError("missing the signal file PATH")
             spec = spec_cls(kind=job_kind, input=str(path), options=options,
                             **{k: args[k] for k in spec_names})
-            spec.config()  # every option checked before the library (and torch) loads
+            if not isinstance(spec, SweepSpec):  # a sweep checks its options per encoding
+                spec.config()  # every option checked before the library (and torch) loads
             execute(spec, args["json_out"], args["quiet"])
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
