@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
+from nfit.catalog import KINDS, KindFacts
 from nfit.config import FitConfig
 from nfit.field import Field, build_field
 from nfit.problem import FitResult, Problem
@@ -56,6 +57,25 @@ class SignalKind(Protocol):
 
     def render_extensions(self) -> tuple[str, ...]:
         ...
+
+
+class KindFromFacts:
+    """Base of the signal kinds: a subclass names itself (``name = "image"``) and takes its
+    facts (extensions, defaults, protocols, input option) from ``nfit.catalog.KINDS``."""
+
+    name: ClassVar[str]
+    facts: ClassVar[KindFacts]
+    extensions: ClassVar[tuple[str, ...]]
+    defaults: ClassVar[dict[str, Any]]
+    protocols: ClassVar[dict[str, dict[str, dict[str, Any]]]]
+    input_option: ClassVar[str | None]
+    through_operator: ClassVar[bool]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.facts = facts = KINDS[cls.name]
+        cls.extensions, cls.defaults, cls.protocols = facts.extensions, facts.defaults, facts.protocols
+        cls.input_option, cls.through_operator = facts.input_option, facts.through_operator
 
 
 def build_task_field(task: Task, cfg: FitConfig) -> Field:

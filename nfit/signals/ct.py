@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nfit.catalog import CT_VIEWS, KINDS
+from nfit.catalog import CT_VIEWS
 from nfit.config import FitConfig
 from nfit.errors import DataError, UsageError
 from nfit.field import Field
@@ -36,7 +36,7 @@ from nfit.metrics import psnr_from_mse, ssim
 from nfit.operators import PROJECTORS, RotationProjector, fbp, paper_angles, parse_angles
 from nfit.plots import _figure, _save, plot_curve, write_curve_csv
 from nfit.problem import FitResult
-from nfit.signals.base import Task
+from nfit.signals.base import KindFromFacts, Task
 from nfit.signals.grid import render_grid
 from nfit.signals.image import IMAGE, load_image
 from nfit.signals.measure import Measurement, measurement_problem, require_full_batch
@@ -178,14 +178,8 @@ def _prepare_data(path: Path, cfg: FitConfig) -> CTData:
     return CTData(n, angles, sino, train_views, held_views, projector, truth, scale, source)
 
 
-class CTKind:
+class CTKind(KindFromFacts):
     name = "ct"
-    facts = KINDS["ct"]
-    extensions = facts.extensions
-    input_option = facts.input_option
-    through_operator = facts.through_operator
-    defaults = facts.defaults
-    protocols = facts.protocols
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         require_full_batch(self.name, cfg)

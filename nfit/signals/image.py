@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from nfit.catalog import KINDS
 from nfit.config import FitConfig
 from nfit.errors import UsageError
 from nfit.field import Field
@@ -23,7 +22,7 @@ from nfit.formats.images import CHANNEL_NAMES, IMAGE_WRITE_EXTENSIONS, read_imag
 from nfit.metrics import ssim
 from nfit.plots import plot_curve, plot_error_map, write_curve_csv
 from nfit.problem import FitResult, PointSource, Problem
-from nfit.signals.base import Task
+from nfit.signals.base import KindFromFacts, Task
 from nfit.signals.grid import Split, grid_coords, make_split, render_grid
 
 PAPER_CROP = 512
@@ -86,12 +85,8 @@ def parse_size(text: str, dims: int) -> tuple[int, ...]:
     return numbers
 
 
-class ImageKind:
-    name: str = "image"
-    facts = KINDS["image"]
-    extensions = facts.extensions
-    defaults = facts.defaults
-    protocols = facts.protocols
+class ImageKind(KindFromFacts):
+    name = "image"
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_image(path)

@@ -51,7 +51,7 @@ from nfit.formats.meshes import (
 from nfit.geometry import inside, iou, sample_surface, signed_distance, surface_metrics
 from nfit.plots import plot_curve, write_curve_csv
 from nfit.problem import BCEObjective, FitResult, Objective, Problem
-from nfit.signals.base import Task
+from nfit.signals.base import KindFromFacts, Task
 
 TARGETS = ("sdf", "occupancy")
 DEFAULTS: dict[str, Any] = {"target": "sdf", "resolution": 256, "clamp": 0.0, "pool": 200_000,
@@ -200,12 +200,8 @@ def mesh_objective(target: str) -> Objective:
     return Objective(inside=rule) if target == "sdf" else BCEObjective(inside=rule)
 
 
-class SdfKind:
-    name: str = "sdf"
-    facts = KINDS["sdf"]
-    extensions = facts.extensions
-    defaults = facts.defaults
-    protocols = facts.protocols
+class SdfKind(KindFromFacts):
+    name = "sdf"
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         opts = mesh_options(cfg)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nfit.catalog import KINDS, MRI_FRACTION
+from nfit.catalog import MRI_FRACTION
 from nfit.config import FitConfig
 from nfit.errors import DataError, UsageError
 from nfit.field import Field
@@ -38,7 +38,7 @@ from nfit.metrics import psnr_from_mse, ssim
 from nfit.operators import KSpaceOperator, variable_density_mask
 from nfit.plots import _figure, _save, plot_curve, write_curve_csv
 from nfit.problem import FitResult
-from nfit.signals.base import Task
+from nfit.signals.base import KindFromFacts, Task
 from nfit.signals.ct import parse_noise
 from nfit.signals.grid import render_grid
 from nfit.signals.image import parse_size
@@ -193,14 +193,8 @@ def zero_filled(shape: tuple[int, ...], index: np.ndarray, samples: np.ndarray) 
     return np.fft.ifftn(full.reshape(shape)).real.astype(np.float32)
 
 
-class MRIKind:
+class MRIKind(KindFromFacts):
     name = "mri"
-    facts = KINDS["mri"]
-    extensions = facts.extensions
-    input_option = facts.input_option
-    through_operator = facts.through_operator
-    defaults = facts.defaults
-    protocols = facts.protocols
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         require_full_batch(self.name, cfg)

@@ -44,7 +44,7 @@ from nfit.formats.volumes import (
 from nfit.metrics import ssim
 from nfit.plots import _figure, _save, plot_curve, write_curve_csv
 from nfit.problem import FitResult, Problem
-from nfit.signals.base import Task
+from nfit.signals.base import KindFromFacts, Task
 from nfit.signals.grid import grid_coords, parse_split, render_grid
 from nfit.signals.image import parse_size
 
@@ -266,12 +266,8 @@ def plot_volume_slices(path: Path, truth: list[np.ndarray], recon: list[np.ndarr
     _save(plt, fig, path)
 
 
-class VolumeKind:
+class VolumeKind(KindFromFacts):
     name = "volume"
-    facts = KINDS["volume"]
-    extensions = facts.extensions
-    defaults = facts.defaults
-    protocols = facts.protocols
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_volume(path)
