@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nfit.config import OPTIONS, _coerce, check_keys
+from nfit.config import OPTIONS, check_keys, coerce_option
 from nfit.errors import UsageError
 from nfit.io import atomic_write_json, atomic_write_text, json_safe
 from nfit.spec import FitSpec, JobSpec, SweepSpec, spec_from_dict
@@ -175,7 +175,7 @@ def _as_list(key: str, value: Any) -> list[Any]:
         value = [v.strip() for v in value.split(",") if v.strip()]
     values = value if isinstance(value, list) else [value]
     if key in OPTIONS:
-        values = [_coerce(key, v) for v in values]
+        values = [coerce_option(key, v) for v in values]
     if not values:
         raise UsageError(f"option {key!r}: an empty list")
     return values

@@ -344,7 +344,8 @@ def load_yaml_config(path: Path | None) -> dict[str, Any]:
     return values
 
 
-def _coerce(key: str, value: Any) -> Any:
+def coerce_option(key: str, value: Any) -> Any:
+    """One option's value as its FitConfig field's type (a usage error when it is not one)."""
     if value is None:
         return None
     kind = value_type(str(OPTIONS[key].type))
@@ -379,7 +380,7 @@ def merge_config(file_values: dict[str, Any], flags: dict[str, Any], *,
     if given.get("time_budget") is not None and "steps" not in given:
         values["steps"] = BUDGET_STEP_CAP  # the budget decides where the fit stops
     values.update(registry_defaults(values))
-    cfg = FitConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    cfg = FitConfig(**{k: coerce_option(k, v) for k, v in values.items()})
     cfg.validate()
     check_applicable(cfg, set(given), kind, encodings)
     return cfg
