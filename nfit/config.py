@@ -243,8 +243,9 @@ class FitConfig:
             raise UsageError(f"unknown model {self.model!r}; choose from: {', '.join(sorted(NETWORK_FACTS))}")
         if self.steps < 1:
             raise UsageError(f"--steps must be at least 1, got {self.steps}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UsageError(f"--lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.lr) and 0 < self.lr < 1e37):
+            # Adam's first step divides the rate by 1 - beta1 = 0.1, which must stay a float32
+            raise UsageError(f"--lr must be a positive number below 1e37, got {self.lr}")
         if not math.isfinite(self.sigma) or self.sigma <= 0:
             raise UsageError(f"--sigma must be a positive number, got {self.sigma}")
         if self.features < 1 or self.width < 1 or self.depth < 1:

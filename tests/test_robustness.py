@@ -445,7 +445,10 @@ def test_parse_memory():
 
 def test_divergence_names_the_cause_and_keeps_the_last_good_state(image, tmp_path):
     out = tmp_path / "out"
-    result = cli("image", image, *FIT, "--lr", "1e30", "--checkpoint-every", "1", "--out", out)
+    # bf16 makes the overflow certain on every CPU; in fp32 a tiny ReLU net at lr 1e30 may
+    # saturate with finite weights on one CPU and overflow on another
+    result = cli("image", image, *FIT, "--lr", "1e30", "--precision", "bf16", "--checkpoint-every", "1",
+                 "--out", out)
     assert result.exit_code == 1
     assert "diverged" in result.stderr and "learning rate --lr 1e+30" in result.stderr
     match = re.search(r"at step (\d+).*last good state \(step (\d+)\)", result.stderr)
@@ -455,6 +458,8 @@ def test_divergence_names_the_cause_and_keeps_the_last_good_state(image, tmp_pat
     bf16 = cli("image", image, *FIT, "--steps", "20", "--lr", "1e30", "--precision", "bf16",
                "--out", tmp_path / "b")
     assert bf16.exit_code == 1 and "--precision fp32" in bf16.stderr
+    huge = cli("image", image, *FIT, "--lr", "1e38", "--out", tmp_path / "h")
+    assert huge.exit_code == 2 and "--lr must be a positive number below 1e37" in huge.stderr
 
 
 # --- output formats --------------------------------------------------------------------
