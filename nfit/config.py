@@ -128,7 +128,7 @@ class FitConfig:
     base_resolution: int | None = field(default=None, metadata=_group("grid"))
     """coarsest grid resolution N_min (default 16)"""
     finest_resolution: int | None = field(default=None, metadata=_group("grid"))
-    """finest grid resolution N_max (hashgrid 512, densegrid/mulfagrid 256)"""
+    """finest grid resolution N_max (hashgrid 512, or the signal's longest side in samples where larger; densegrid/mulfagrid 256)"""
     kernel_width: int | None = field(default=None, metadata=_group("grid"))
     """mulfagrid: hidden width of the kernel's filter network (default 16)"""
     kernel_layers: int | None = field(default=None, metadata=_group("grid"))

@@ -131,6 +131,8 @@ MAX_DENSE_ENTRIES = 1 << 26
 #: Instant-NGP's Adam (Müller et al. 2022, Sec. 4): lr 1e-2, betas (0.9, 0.99), eps 1e-15.
 #: The paper also decays lr late and uses L2 1e-6 on the MLP only; nfit keeps a constant lr.
 INSTANT_NGP_ADAM = {"betas": (0.9, 0.99), "eps": 1e-15}
+#: the hash grid's finest resolution unless given (a signal with more samples along an axis raises it)
+HASHGRID_FINEST = 512
 
 
 def level_resolutions(levels: int, base_resolution: int, finest_resolution: int) -> list[int]:
@@ -172,7 +174,7 @@ class MultiResolutionGrid(Encoding):
     hashed: ClassVar[bool] = True
 
     def __init__(self, in_dim: int, levels: int = 16, features_per_level: int = 2,
-                 log2_table: int = 19, base_resolution: int = 16, finest_resolution: int = 512,
+                 log2_table: int = 19, base_resolution: int = 16, finest_resolution: int = HASHGRID_FINEST,
                  bounds: tuple[float, float] | list[float] = (0.0, 1.0)) -> None:
         super().__init__(in_dim)
         if in_dim > len(PRIMES):

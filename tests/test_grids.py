@@ -297,3 +297,25 @@ def test_coverage_finds_the_level_where_held_out_pixels_share_no_vertex_with_tra
     assert finest == 0.0
     assert coarse > 0.95 and middle > 0.95
     assert enc.coverage(train, train) == pytest.approx([1.0, 1.0, 1.0])
+
+
+def test_hash_grid_finest_level_follows_a_large_image(tmp_path):
+    # Instant-NGP's N_max matches the data's finest detail: a 600-pixel-wide image raises
+    # the default 512 to 600; a small image keeps 512; a given value is kept
+    from nfit.signals import build_task_field
+
+    wide, small = tmp_path / "wide.png", tmp_path / "small.png"
+    iio.imwrite(wide, np.zeros((40, 600, 3), np.uint8))
+    iio.imwrite(small, np.zeros((40, 60, 3), np.uint8))
+
+    def finest(path, **flags):
+        cfg = merge_config({}, {"encoding": "hashgrid", "levels": 4, "log2_table": 8, "split": "all",
+                                **flags}, kind="image")
+        task = prepare_task("image", path, cfg)
+        with torch.device("meta"):
+            fld = build_task_field(task, cfg)
+        return fld.encoding.finest_resolution, fld.spec()["encoding"]["finest_resolution"]
+
+    assert finest(wide) == (600, 600)  # the checkpoint's spec records it, so render rebuilds it
+    assert finest(small) == (512, 512)
+    assert finest(wide, finest_resolution=300) == (300, 300)

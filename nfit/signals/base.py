@@ -11,6 +11,7 @@ import torch
 from nfit.catalog import KINDS, KindFacts
 from nfit.config import FitConfig
 from nfit.field import Field, build_field
+from nfit.grids import HASHGRID_FINEST
 from nfit.problem import FitResult, Problem
 
 
@@ -85,5 +86,10 @@ def build_task_field(task: Task, cfg: FitConfig) -> Field:
     if "domain" in task.meta:
         # Grid encodings cover the signal's domain ([lo, hi] per axis; default [0, 1]).
         encoding.setdefault("bounds", list(task.meta["domain"]))
+    if encoding["type"] == "hashgrid" and "finest_resolution" not in encoding and task.meta.get("shape"):
+        # Instant-NGP (Müller et al. 2022, Sec. 3) matches N_max to the finest detail of
+        # the data: one cell per sample along the longest axis, raised from the class
+        # default, never lowered (a 2040-pixel-wide photograph at 512 cells loses its detail)
+        encoding["finest_resolution"] = max(HASHGRID_FINEST, max(int(n) for n in task.meta["shape"]))
     return build_field({"in_dim": task.in_dim, "out_dim": task.out_dim,
                         "encoding": encoding, "network": cfg.network_spec(task.output)})
