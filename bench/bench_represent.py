@@ -13,7 +13,7 @@ Then the 2040x1356 DIV2K photograph, whole, with the best family at its default 
 Each fit runs in its own process (so its peak memory is its own); a time-budgeted fit's
 steps depend on how busy the machine is, so the steps column says what each one got.
 
-    python bench/bench_represent.py                  # 5-minute budget: about 90 minutes
+    python bench/bench_represent.py                  # 5-minute budget: about 105 minutes
     python bench/bench_represent.py --budget 3m      # the same table at 3 minutes a fit
     python bench/bench_represent.py --quick          # 10 s a fit, one image, no DIV2K
     python bench/bench_represent.py --json runs/represent.json   # rows as they finish
