@@ -100,6 +100,9 @@ def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,
         "precision": result.precision,
         "objective": task.problem.objective.to_dict(),
         "config": cfg.to_dict(),
+        # the built field's spec: the options as resolved (a hash grid's derived finest
+        # level, a --params size), where the config keeps what was asked
+        "architecture": result.field.spec(),
         "versions": versions(),
     }
     if job is not None:

@@ -95,9 +95,19 @@ class FourierFeatures(Encoding):
         self.register_buffer("B", frequencies.to(torch.float32))
         self.out_dim = 2 * frequencies.shape[0]
 
-    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+    def forward(self, coords: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The features in fp32; with ``dtype`` (evaluation only: no gradient, no vmap),
+        computed in fp32 and written straight into one ``dtype`` block, without the
+        concatenation's copy or, for a bf16 network, a separate cast of the block."""
         proj = (2.0 * math.pi) * (coords.to(self.B.dtype) @ self.B.T)
-        return torch.cat([torch.cos(proj), torch.sin(proj)], dim=-1)
+        if dtype is None or (torch.is_grad_enabled() and proj.requires_grad):
+            out = torch.cat([torch.cos(proj), torch.sin(proj)], dim=-1)
+            return out if dtype is None else out.to(dtype)
+        m = proj.shape[-1]
+        out = torch.empty(*proj.shape[:-1], 2 * m, dtype=dtype, device=proj.device)
+        torch.cos(proj, out=out[..., :m])
+        torch.sin(proj, out=out[..., m:])
+        return out
 
 
 @register("basic")

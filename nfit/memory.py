@@ -13,8 +13,9 @@ P trainable parameters, F = encoding.out_dim, W width, D depth, C channels):
 
 B = the problem's points per step (``Problem.points_per_step``: the batch, a sampler's
 draw, or the full training set); R = the rows in flight at once, which on the CPU is the
-training slice (``nfit.train``: 8,192 rows over all members) and on a GPU the whole step;
-R_e the scoring chunk. Cached inputs above ``FEATURE_CACHE_BYTES`` are not cached.
+training slice (``nfit.train.slice_rows``: 8,192 rows over all members for the paper's
+MLP in fp32, twice that in bf16) and on a GPU the whole step; R_e the scoring chunk.
+Cached inputs above ``FEATURE_CACHE_BYTES`` are not cached.
 
 It counts only what the fit adds to the already loaded signal. The guard compares one
 member's estimate with MemAvailable from /proc/meminfo (CPU) or the GPU's free memory;
@@ -90,11 +91,11 @@ def member_bytes(task: Task, cfg: FitConfig, precision: str = "fp32", *, k: int 
     if cache * k > FEATURE_CACHE_BYTES:
         cache = 0
     n_step = problem.points_per_step(cfg.batch_points(len(problem.train_x)))
-    in_flight = min(n_step, slice_rows(k, device, cfg.width)) if device.type == "cpu" else n_step
+    in_flight = min(n_step, slice_rows(k, device, cfg.width, precision)) if device.type == "cpu" else n_step
     width, depth, channels = cfg.width, cfg.depth, task.out_dim
     step = n_step * (features * s + 2 * channels * 4) + \
         in_flight * (5 * width * max(depth - 1, 0) + 2 * features + 4 * channels) * 4
-    evaluation = slice_rows(k, device, cfg.width) * (features + 2 * width) * 4
+    evaluation = slice_rows(k, device, cfg.width, precision) * (features + 2 * width) * 4
     return int(20 * params + cache + step + evaluation)
 
 

@@ -17,7 +17,7 @@ minibatch indices (or sampler points) from their own generator, seeded as their 
 fit seeds its own; members that share a seed share them.
 
 CPU slicing. On the CPU a step's points go through the members in slices of
-``CPU_STEP_CHUNK / K`` rows per member (more behind narrower networks: ``slice_rows``),
+``CPU_STEP_CHUNK / K`` rows per member (more behind narrower networks and in bf16: ``slice_rows``),
 their gradients accumulated: the activations then stay as small as one fit's 8,192-row
 slice and the allocator reuses them, where
 65,536-row activations are fresh mappings every step (page faults cost more than the
@@ -46,6 +46,7 @@ import torch
 
 from nfit.config import FitConfig
 from nfit.device import autocast, configure_matmul
+from nfit.encodings import FourierFeatures
 from nfit.errors import DivergenceError, UsageError
 from nfit.field import Field
 from nfit.problem import FitResult, FitState, HeldOut, PointSource, Problem, Scores, StepHook
@@ -84,17 +85,23 @@ class TrainResult:
     stopped: str = "steps"
 
 
-def slice_rows(k: int, device: torch.device, width: int = 256) -> int:
+def slice_rows(k: int, device: torch.device, width: int = 256, precision: str = "fp32") -> int:
     """Points per member in one training slice and scoring chunk.
 
     On the CPU a slice holds as many hidden values as 8,192 rows of a 256-wide network
     (about 8 MB a layer in fp32): 8192 / K rows per member for the paper's MLP, four times
     more behind a grid's 64-wide MLP, whose lookups pay per slice (measured: K = 4 hash
-    grids went from 0.87x to about 0.7x of four single fits with the wider slices).
+    grids went from 0.87x to about 0.7x of four single fits with the wider slices). In
+    bf16 a network at least 256 wide takes twice the rows, the same bytes a layer: its
+    step has half as many slices' fixed costs (measured on an AMX Xeon: the paper's gauss
+    step 6% faster, ``bench/bench_fit.py``); a hash grid's step was slower with 2x rows.
     """
     if device.type != "cpu":
         return max(1024, EVAL_CHUNK // k)
-    return max(512, CPU_STEP_CHUNK * 256 // (k * max(min(width, 256), 64)))
+    rows = CPU_STEP_CHUNK * 256 // max(min(width, 256), 64)
+    if precision == "bf16" and width >= 256:
+        rows *= 2
+    return max(512, rows // k)
 
 
 def member_states(fields: Sequence[Field]) -> dict[str, torch.Tensor]:
@@ -145,7 +152,12 @@ class InPrecision(Field):
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         self.points += len(coords)
         with torch.autocast(self.device.type, enabled=False):
-            features = self.encoding(coords)
+            if isinstance(self.encoding, FourierFeatures):
+                # computed in fp32, written in the network's dtype as the fit cached them
+                features = self.encoding(coords, torch.bfloat16 if self.precision == "bf16"
+                                         else torch.float32)
+            else:
+                features = self.encoding(coords)
         with autocast(self.device, self.precision):
             return self.network(features).float()  # type: ignore[no-any-return]
 
@@ -197,7 +209,7 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
     generators = {s: torch.Generator(device=device).manual_seed(s) for s in distinct}
     slot = torch.tensor([distinct.index(s) for s in seeds], device=device)
     member_rows = torch.arange(k, device=device)[:, None]
-    rows = slice_rows(k, device, int(getattr(fields[0].network, "width", 256) or 256))
+    rows = slice_rows(k, device, int(getattr(fields[0].network, "width", 256) or 256), precision)
     step_rows = rows if device.type == "cpu" else 1 << 62
 
     train_x, train_y = problem.train_x.to(device), problem.train_y.to(device)

@@ -38,6 +38,10 @@ def test_fourier_families_are_cos_sin_of_2pi_Bv() -> None:
     expected = torch.cat([torch.cos(proj), torch.sin(proj)], dim=-1)
     torch.testing.assert_close(enc(x).double(), expected, atol=1e-5, rtol=0)
     assert enc.out_dim == 16
+    # written in bf16 (a render in the fit's precision): the fp32 features rounded, as the
+    # fit's bf16 cache holds them, not features computed from a bf16 phase
+    assert enc(x, torch.bfloat16).dtype == torch.bfloat16
+    assert torch.equal(enc(x, torch.bfloat16), enc(x).to(torch.bfloat16))
 
 
 def test_basic_and_none() -> None:

@@ -202,3 +202,31 @@ def test_resumed_cosine_fit_is_bit_identical(tiny_rgb: Path) -> None:
     a, b = whole.field.state_dict(), resumed.field.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert whole.metrics == resumed.metrics
+
+
+def test_render_in_cpu_chunks_matches_one_chunk_and_the_fits_precision() -> None:
+    from nfit.encodings import build_encoding
+    from nfit.field import Field
+    from nfit.networks import build_network
+    from nfit.signals.grid import RENDER_CHUNK_CPU, render_grid
+    from nfit.train import InPrecision
+
+    torch.manual_seed(0)
+    enc = build_encoding({"type": "gauss", "sigma": 4.0, "features": 16, "seed": 0}, 2)
+    net = build_network({"type": "mlp", "width": 16, "depth": 2}, enc.out_dim, 3)
+    fld = Field(enc, net, {"encoding": enc.spec(), "network": net.spec()})
+    cpu = torch.device("cpu")
+    shape = (37, 300)  # 11,100 points: one full CPU chunk and a partial one
+    assert RENDER_CHUNK_CPU < 37 * 300 < 2 * RENDER_CHUNK_CPU
+    chunked = render_grid(fld, shape, 3, device=cpu)
+    whole = render_grid(fld, shape, 3, device=cpu, chunk=1 << 16)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+    # in bf16 the network reads the fp32 features rounded once, as the fit's cache holds them
+    in_bf16 = InPrecision(fld, cpu, "bf16")
+    x = grid_coords(shape)[:100]
+    with torch.no_grad():
+        features = enc(x).to(torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = net(features).float()
+        assert torch.equal(in_bf16(x), expected)
+    assert in_bf16.points == 100

@@ -92,6 +92,7 @@ def test_checkpoint_round_trip_renders_identical_pixels(tiny_rgb: Path, tmp_path
     b, _ = read_image(tmp_path / "again.png")
     assert np.array_equal(a, b)
     assert report["parameters"] == sum(p.numel() for p in fld.parameters())
+    assert report["architecture"] == fld.spec()
     # The reported test PSNR is the PSNR of the written reconstruction (to quantisation).
     truth, _ = read_image(tiny_rgb)
     psnr = -10 * np.log10(np.mean((a.astype(np.float64) - truth) ** 2))
