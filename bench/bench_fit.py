@@ -9,7 +9,7 @@ Prints s/step, the speed ratio, held-out PSNR after the same number of steps, an
 achieved FLOP/s as a fraction of the matmul peak measured in the same run (fp32 and bf16),
 and the step's time against its ceiling: the same matmuls alone, on the same slices (a
 2048-square matmul's peak is out of reach of 256-wide layers on some CPUs: on an AMX Xeon
-the step's bf16 matmuls alone reach about 60% of it).
+the step's bf16 matmuls alone reach about 70% of it).
 
     python bench/bench_fit.py            # 200 steps each
     python bench/bench_fit.py --quick    # 30 steps each
