@@ -94,7 +94,7 @@ def slice_rows(k: int, device: torch.device, width: int = 256, precision: str = 
     grids went from 0.87x to about 0.7x of four single fits with the wider slices). In
     bf16 a network at least 256 wide takes twice the rows, the same bytes a layer: its
     step has half as many slices' fixed costs (measured on an AMX Xeon: the paper's gauss
-    step 6% faster, ``bench/bench_fit.py``); a hash grid's step was slower with 2x rows.
+    step 4-6% faster, ``bench/bench_fit.py``); a hash grid's step was slower with 2x rows.
     """
     if device.type != "cpu":
         return max(1024, EVAL_CHUNK // k)
