@@ -15,6 +15,7 @@ steps depend on how busy the machine is, so the steps column says what each one 
 
     python bench/bench_represent.py                  # 5-minute budget: about 105 minutes
     python bench/bench_represent.py --budget 3m      # the same table at 3 minutes a fit
+    python bench/bench_represent.py --families gauss # old defaults and gauss 3e5 only
     python bench/bench_represent.py --quick          # 10 s a fit, one image, no DIV2K
     python bench/bench_represent.py --json runs/represent.json   # rows as they finish
 """
@@ -106,7 +107,17 @@ def main() -> None:
     parser.add_argument("--budget", default=None, help="time budget per Kodak fit (default 5m)")
     parser.add_argument("--div2k-budget", default="10m", help="time budget of the DIV2K fit")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument("--families", default=None,
+                        help="comma list of families to fit (with the old-defaults row; then no "
+                             "DIV2K or 1e5 rows), e.g. gauss,mulfagrid")
     args = parser.parse_args()
+    families = FAMILIES
+    if args.families:
+        chosen = [f.strip() for f in args.families.split(",") if f.strip()]
+        unknown = [f for f in chosen if f not in FAMILIES]
+        if unknown or not chosen:
+            parser.error(f"--families: choose from {', '.join(FAMILIES)} (got {args.families!r})")
+        families = {f: FAMILIES[f] for f in chosen}
     budget = args.budget or ("10s" if args.quick else "5m")
     images = IMAGES[:1] if args.quick else IMAGES
     rows: list[dict[str, Any]] = []
@@ -125,12 +136,14 @@ def main() -> None:
         out = Path(tmp) / "fit"
         for image in images:
             keep(row("gauss, old defaults", image, fit(image, {**OLD_DEFAULTS, "time_budget": budget}, out)))
-            for name, options in FAMILIES.items():
+            for name, options in families.items():
                 keep(row(f"{name} 3e5", image, fit(image, {**options, "params": 3e5, "time_budget": budget}, out)))
         mean = {name: sum(r["psnr"] for r in rows if r["model"] == f"{name} 3e5") / len(images)
-                for name in FAMILIES}
-        best = sorted(FAMILIES, key=lambda n: -mean[n])[:2]
+                for name in families}
+        best = sorted(families, key=lambda n: -mean[n])[:2]
         print("mean PSNR at 3e5: " + ", ".join(f"{n} {mean[n]:.2f}" for n in sorted(mean, key=lambda n: -mean[n])))
+        if args.families:
+            return
         if not args.quick:
             options = FAMILIES[best[0]]
             result = fit(DIV2K, {**options, "time_budget": args.div2k_budget}, out)
