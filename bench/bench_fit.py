@@ -27,7 +27,7 @@ from torch import nn
 
 from nfit.api import build_task_field, prepare_task
 from nfit.config import FitConfig
-from nfit.device import resolve_device, resolve_precision
+from nfit.device import compute_dtype, resolve_device, resolve_precision
 from nfit.metrics import psnr
 from nfit.train import fit, slice_rows
 
@@ -151,8 +151,7 @@ def main() -> None:
     for name, s, value, precision in rows:
         if precision not in ceilings:
             ceilings[precision] = step_matmuls(n, dims, slice_rows(1, device, 256, precision),
-                                               torch.bfloat16 if precision == "bf16" else torch.float32,
-                                               device)
+                                               compute_dtype(precision), device)
         achieved = flops / s
         print(f"{name:42s} {s:8.4f} {ref_s / s:8.2f}x {value:10.3f} {value - ref_psnr:+7.3f} "
               f"{achieved / 1e9:8.1f} {100 * achieved / peak32:8.1f}% {100 * achieved / peak16:8.1f}% "

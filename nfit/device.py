@@ -58,6 +58,11 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype a precision computes and caches features in: bf16, else fp32."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context for the forward pass of a fit."""
     if precision == "bf16":

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from nfit.config import FitConfig
-from nfit.device import resolve_device, resolve_precision
+from nfit.device import compute_dtype, resolve_device, resolve_precision
 from nfit.errors import DataError, UsageError
 from nfit.problem import PointSource, held_len
 from nfit.signals import Task, build_task_field
@@ -74,11 +74,12 @@ def member_bytes(task: Task, cfg: FitConfig, precision: str = "fp32", *, k: int 
                  device: torch.device | None = None) -> int:
     """The estimate in the module docstring for one member of a stack of ``k``, from shapes
     only (the field is built on the meta device, so even a huge one costs nothing)."""
-    s = 2 if precision == "bf16" else 4
+    dtype = compute_dtype(precision)
+    s = dtype.itemsize
     with torch.device("meta"):
         fld = build_task_field(task, cfg)
         # what the training loop caches per point, as the loop's own stack reports it
-        per_point = stack_encodings([fld.encoding]).point_bytes(torch.bfloat16 if s == 2 else torch.float32)
+        per_point = stack_encodings([fld.encoding]).point_bytes(dtype)
     device = device if device is not None else resolve_device(cfg.device)
     features = fld.encoding.out_dim
     params = sum(p.numel() for p in fld.parameters() if p.requires_grad)

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from nfit.config import FitConfig
-from nfit.device import autocast, configure_matmul
+from nfit.device import autocast, compute_dtype, configure_matmul
 from nfit.encodings import FourierFeatures
 from nfit.errors import DivergenceError, UsageError
 from nfit.field import Field
@@ -130,9 +130,15 @@ def optimizer_state_cpu(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
             "param_groups": [dict(g) for g in state["param_groups"]]}
 
 
+def eval_chunk(device: torch.device) -> int:
+    """Points per chunk when evaluating a trained field (``predict``, renders): one CPU
+    slice, which the allocator reuses from chunk to chunk, or ``EVAL_CHUNK`` elsewhere."""
+    return CPU_STEP_CHUNK if device.type == "cpu" else EVAL_CHUNK
+
+
 def predict(fld: Field, x: torch.Tensor, *, chunk: int | None = None) -> torch.Tensor:
     """fp32 predictions of one field at x: (N, d), in chunks; returns (N, C) on x's device."""
-    chunk = chunk or (CPU_STEP_CHUNK if x.device.type == "cpu" else EVAL_CHUNK)
+    chunk = chunk or eval_chunk(x.device)
     with torch.no_grad():
         return torch.cat([fld(x[i:i + chunk]).float() for i in range(0, len(x), chunk)])
 
@@ -154,8 +160,7 @@ class InPrecision(Field):
         with torch.autocast(self.device.type, enabled=False):
             if isinstance(self.encoding, FourierFeatures):
                 # computed in fp32, written in the network's dtype as the fit cached them
-                features = self.encoding(coords, torch.bfloat16 if self.precision == "bf16"
-                                         else torch.float32)
+                features = self.encoding(coords, compute_dtype(self.precision))
             else:
                 features = self.encoding(coords)
         with autocast(self.device, self.precision):
@@ -188,7 +193,7 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
         raise ValueError("one seed per field, at least one field")
     stop = k == 1 if stop_on_divergence is None else stop_on_divergence
     configure_matmul(device, precision)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = compute_dtype(precision)
     for f in fields:
         f.to(device)
     if start is not None:

@@ -208,8 +208,8 @@ def test_render_in_cpu_chunks_matches_one_chunk_and_the_fits_precision() -> None
     from nfit.encodings import build_encoding
     from nfit.field import Field
     from nfit.networks import build_network
-    from nfit.signals.grid import RENDER_CHUNK_CPU, render_grid
-    from nfit.train import InPrecision
+    from nfit.signals.grid import render_grid
+    from nfit.train import InPrecision, eval_chunk
 
     torch.manual_seed(0)
     enc = build_encoding({"type": "gauss", "sigma": 4.0, "features": 16, "seed": 0}, 2)
@@ -217,7 +217,8 @@ def test_render_in_cpu_chunks_matches_one_chunk_and_the_fits_precision() -> None
     fld = Field(enc, net, {"encoding": enc.spec(), "network": net.spec()})
     cpu = torch.device("cpu")
     shape = (37, 300)  # 11,100 points: one full CPU chunk and a partial one
-    assert RENDER_CHUNK_CPU < 37 * 300 < 2 * RENDER_CHUNK_CPU
+    cpu_chunk = eval_chunk(cpu)
+    assert cpu_chunk < 37 * 300 < 2 * cpu_chunk
     chunked = render_grid(fld, shape, 3, device=cpu)
     whole = render_grid(fld, shape, 3, device=cpu, chunk=1 << 16)
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)

@@ -109,22 +109,20 @@ def grid_coords(shape: tuple[int, ...], flat_index: torch.Tensor | None = None) 
     return torch.stack(coords, dim=-1)
 
 
-#: Points per chunk of a render on a CPU (``render_grid``).
-RENDER_CHUNK_CPU = 8192
-
-
 def render_grid(fn: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...], out_dim: int,
                 *, device: torch.device, chunk: int | None = None) -> torch.Tensor:
     """Evaluate ``fn`` (coords (N, d) -> (N, C)) on every point of the grid, in chunks.
 
     Peak memory is bounded by ``chunk`` points, not the grid. Returns (*shape, C) on the CPU.
-    The default chunk is 8,192 points on a CPU, whose features and hidden values the
-    allocator then reuses from chunk to chunk, where 65,536-point chunks were fresh
-    mappings each time, their page faults costing more than the arithmetic (a 4096x4096
-    render of the default gauss field on 2 cores: 67 s, 72 s of it system time, against
-    47 s with 8,192-point chunks); 65,536 on a GPU.
+    The default chunk is ``nfit.train.eval_chunk``: 8,192 points on a CPU, whose features
+    and hidden values the allocator then reuses from chunk to chunk, where 65,536-point
+    chunks were fresh mappings each time, their page faults costing more than the
+    arithmetic (a 4096x4096 render of the default gauss field on 2 cores: 67 s, 72 s of
+    it system time, against 47 s with 8,192-point chunks); 65,536 on a GPU.
     """
-    chunk = chunk or (RENDER_CHUNK_CPU if device.type == "cpu" else 1 << 16)
+    from nfit.train import eval_chunk  # the training loop's rule; nfit.train loads the stack
+
+    chunk = chunk or eval_chunk(device)
     n = int(torch.tensor(shape).prod())
     out = torch.empty((n, out_dim), dtype=torch.float32)
     with torch.no_grad():
