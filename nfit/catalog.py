@@ -46,11 +46,11 @@ KINDS: dict[str, KindFacts] = {k.name: k for k in (
     KindFacts("image", "nfit.signals.image:IMAGE", IMAGE_EXTENSIONS, {},
               # Tancik et al. 2020, appendix E.1 (natural images): 2000 full-batch Adam
               # steps, lr 1e-3 for the Fourier mappings and 1e-2 for none and basic,
-              # sigma_g = 10; the notebook's posenc scale 6 means frequencies up to 2^6,
-              # which is sigma 64 in nfit's posenc
+              # sigma_g = 10, posenc scale 6 (the notebook's natural images; 5 for its text
+              # images); the notebooks' stax.Dense start (--init paper)
               {"paper": {"*": {"steps": 2000, "lr": 1e-3, "batch": "full", "split": "paper",
                                "schedule": "constant", "warmup": 0.0, "init": "paper"},
-                         "none": {"lr": 1e-2}, "basic": {"lr": 1e-2}, "posenc": {"sigma": 64.0},
+                         "none": {"lr": 1e-2}, "basic": {"lr": 1e-2}, "posenc": {"sigma": 6.0},
                          "gauss": {"sigma": 10.0}}}),
     # the full batch of a volume would not fit: random voxels per step
     # (the paper's notebooks fit with a constant-rate Adam, as nfit did before schedules)
@@ -116,8 +116,13 @@ _GRID_DEFAULTS = {"width": 64, "depth": 3, "lr": 1e-2}
 ENCODING_FACTS: dict[str, EncodingFacts] = {e.name: e for e in (
     EncodingFacts("none", "nfit.encodings", "no mapping: the raw coordinates v"),
     EncodingFacts("basic", "nfit.encodings", "[cos 2 pi v, sin 2 pi v]: B is the identity"),
-    EncodingFacts("posenc", "nfit.encodings", "positional encoding, log-linear frequencies on each axis",
-                  "largest frequency: levels sigma^(j/m), j = 0..m-1, per axis", ("sigma", "features"),
+    EncodingFacts("posenc", "nfit.encodings",
+                  "the paper's positional encoding: on each axis, frequencies 2^linspace(0, sigma, m) - 1, DC included",
+                  "the paper's scale, in octaves: frequencies 0 to 2^sigma - 1 per axis (6 photographs, 3 CT, 4 MRI)",
+                  ("sigma", "features"), uses_sigma=True),
+    EncodingFacts("geoposenc", "nfit.encodings",
+                  "geometric positional encoding: on each axis, frequencies sigma^(j/m), j = 0..m-1 (no DC)",
+                  "largest frequency: 1 up to sigma cycles per unit, geometric, per axis", ("sigma", "features"),
                   uses_sigma=True),
     EncodingFacts("gauss", "nfit.encodings", "Gaussian random Fourier features",
                   "standard deviation of B ~ N(0, sigma^2)", _RANDOM, uses_sigma=True),

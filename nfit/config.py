@@ -73,9 +73,9 @@ class FitConfig:
     """Everything that decides a fit's result. Written as ``config.yaml`` next to the results."""
 
     encoding: str = "gauss"
-    """input encoding: none, basic, posenc, gauss, laplace, uniform, loguniform, hashgrid, densegrid, mulfagrid (see `nfit encodings`)"""
+    """input encoding: none, basic, posenc (the paper's), geoposenc, gauss, laplace, uniform, loguniform, hashgrid, densegrid, mulfagrid (see `nfit encodings`)"""
     sigma: float = 10.0
-    """bandwidth: the scale of the encoding's frequencies"""
+    """bandwidth: the scale of the encoding's frequencies (posenc: octaves, frequencies up to 2^sigma - 1; see `nfit encodings`)"""
     features: int = 256
     """number of Fourier frequencies m (the encoding gives 2m features)"""
     model: str = "mlp"

@@ -12,7 +12,9 @@ The Fourier families follow Tancik et al. 2020 (eq. 5 and Sec. 6):
 
     gamma(v) = [cos(2 pi B v), sin(2 pi B v)],   v in [0, 1)^d,  B: (m, d)
 
-with ``a_j = 1``. ``--sigma`` is the scale of B's distribution for every family.
+with ``a_j = 1``. ``--sigma`` is the scale of B's distribution for every random family,
+the largest frequency for ``geoposenc``, and for the paper's ``posenc`` its notebooks'
+``scale``: frequencies up to 2^sigma - 1.
 """
 
 from __future__ import annotations
@@ -117,14 +119,45 @@ class Basic(FourierFeatures):
         super().__init__(in_dim, torch.eye(in_dim))
 
 
+#: the largest scale posenc takes: 2^20 - 1 cycles per unit is past the Nyquist rate of
+#: any grid nfit can hold, and a larger --sigma is almost surely meant for geoposenc
+POSENC_MAX_SCALE = 20.0
+
+
 @register("posenc")
 class PositionalEncoding(FourierFeatures):
-    """Log-linear, on-axis frequencies sigma^(j/m), j = 0..m-1, for each axis separately.
+    """The paper's positional encoding (Tancik et al. 2020, Sec. 6.1; their notebooks'
+    ``2.**np.linspace(0, scale, m) - 1``): on each axis separately, the frequencies
+
+        b_j = 2^(sigma * j / (m - 1)) - 1,   j = 0..m-1,   m = features // d,
+
+    from 0 (a constant feature: DC) to 2^sigma - 1 cycles per unit, evenly spaced in
+    log2(1 + b). ``sigma`` is the notebooks' ``scale`` (6 natural images, 5 text, 3 CT,
+    4 MRI). B lists the first axis's m frequencies, then the second's, as the notebooks
+    stack them; out_dim = 2 * m * d (the notebooks' 2D m = 128 of 256 frequencies, 3D m = 85).
+    """
+
+    def __init__(self, in_dim: int, sigma: float, features: int) -> None:
+        levels = max(features // in_dim, 1)
+        scales = 2.0 ** torch.linspace(0.0, float(sigma), levels, dtype=torch.float64) - 1.0
+        eye = torch.eye(in_dim, dtype=torch.float64)
+        frequencies = (eye[:, None, :] * scales[None, :, None]).reshape(in_dim * levels, in_dim)
+        super().__init__(in_dim, frequencies)
+        self.sigma, self.features = float(sigma), int(features)
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.name, "sigma": self.sigma, "features": self.features}
+
+
+@register("geoposenc")
+class GeometricPositionalEncoding(FourierFeatures):
+    """Geometric on-axis frequencies sigma^(j/m), j = 0..m-1, on each axis separately: from
+    1 up to (not including) sigma cycles per unit, so ``--sigma`` is the largest frequency
+    as for the random families' scale (nfit's ``posenc`` before the paper's was added).
 
     ``features`` is the total number of frequencies across axes, so m = features // d
     per axis and out_dim = 2 * m * d, comparable with the random families.
     """
-
 
     def __init__(self, in_dim: int, sigma: float, features: int) -> None:
         levels = max(features // in_dim, 1)
@@ -234,6 +267,10 @@ def build_encoding(spec: dict[str, Any], in_dim: int) -> Encoding:
         sigma = spec.get("sigma")
         if sigma is None or not math.isfinite(float(sigma)) or float(sigma) <= 0:
             raise UsageError(f"--sigma must be a positive number for encoding {name!r}, got {sigma}")
+        if name == "posenc" and float(sigma) > POSENC_MAX_SCALE:
+            raise UsageError(f"--sigma {float(sigma):g} for posenc means frequencies up to 2^{float(sigma):g} - 1 "
+                             f"(the paper's scale, at most {POSENC_MAX_SCALE:g}); for sigma as the largest "
+                             "frequency, nfit's earlier posenc, use --encoding geoposenc")
         if name == "loguniform" and float(sigma) < 1:
             raise UsageError("--sigma must be >= 1 for loguniform (frequencies range from 1 to sigma)")
         features = int(spec.get("features", 256))
