@@ -74,6 +74,16 @@ class Encoding(nn.Module):
         """The plain-dict config that rebuilds this encoding (buffers come from the checkpoint)."""
         return {"type": self.name}
 
+    #: the largest --sigma the encoding takes
+    max_sigma: ClassVar[float] = math.inf
+
+    @staticmethod
+    def sigma_for_frequency(frequency: float) -> float:
+        """The --sigma whose frequencies reach about ``frequency`` cycles per unit (the
+        sweep's automatic grid is laid out in frequencies): sigma itself for the random
+        families and geoposenc."""
+        return frequency
+
 
 @register("none")
 class Identity(Encoding):
@@ -136,6 +146,13 @@ class PositionalEncoding(FourierFeatures):
     4 MRI). B lists the first axis's m frequencies, then the second's, as the notebooks
     stack them; out_dim = 2 * m * d (the notebooks' 2D m = 128 of 256 frequencies, 3D m = 85).
     """
+
+    max_sigma: ClassVar[float] = POSENC_MAX_SCALE
+
+    @staticmethod
+    def sigma_for_frequency(frequency: float) -> float:
+        """log2(1 + f): the scale whose largest frequency 2^sigma - 1 is f."""
+        return math.log2(1.0 + frequency)
 
     def __init__(self, in_dim: int, sigma: float, features: int) -> None:
         levels = max(features // in_dim, 1)
@@ -267,9 +284,9 @@ def build_encoding(spec: dict[str, Any], in_dim: int) -> Encoding:
         sigma = spec.get("sigma")
         if sigma is None or not math.isfinite(float(sigma)) or float(sigma) <= 0:
             raise UsageError(f"--sigma must be a positive number for encoding {name!r}, got {sigma}")
-        if name == "posenc" and float(sigma) > POSENC_MAX_SCALE:
+        if float(sigma) > cls.max_sigma:
             raise UsageError(f"--sigma {float(sigma):g} for posenc means frequencies up to 2^{float(sigma):g} - 1 "
-                             f"(the paper's scale, at most {POSENC_MAX_SCALE:g}); for sigma as the largest "
+                             f"(the paper's scale, at most {cls.max_sigma:g}); for sigma as the largest "
                              "frequency, nfit's earlier posenc, use --encoding geoposenc")
         if name == "loguniform" and float(sigma) < 1:
             raise UsageError("--sigma must be >= 1 for loguniform (frequencies range from 1 to sigma)")

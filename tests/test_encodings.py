@@ -136,3 +136,12 @@ def test_a_checkpoint_of_the_earlier_posenc_loads_as_geoposenc(tmp_path) -> None
     assert loaded["field"]["encoding"]["type"] == "geoposenc" and loaded["config"]["encoding"] == "geoposenc"
     x = torch.rand(9, 2)
     assert torch.equal(again(x), fld.eval()(x))
+
+
+@pytest.mark.parametrize("kind, scale", [("image", 6.0), ("ct", 3.0), ("mri", 4.0)])
+def test_paper_protocols_give_posenc_the_notebooks_scale(kind: str, scale: float) -> None:
+    from nfit.config import merge_config
+
+    cfg = merge_config({}, {"protocol": "paper", "encoding": "posenc"}, kind=kind)
+    assert cfg.sigma == scale
+    assert build_encoding(cfg.encoding_spec(), 2).B.max() == 2.0**scale - 1
