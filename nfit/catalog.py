@@ -60,11 +60,13 @@ KINDS: dict[str, KindFacts] = {k.name: k for k in (
     # sigma 8, 0.96 at 2, 0.98 at 1; bench/bench_sdf.py); each step draws 16,384 points
     # The paper's protocol (Experiments/3d_shape_occupancy): occupancy, gauss sigma 12 on
     # [0, 1]^3 (6 on nfit's [-1, 1]^3), 8 layers of 256, 10,000 Adam steps of 32,768 points,
-    # lr 5e-4 decayed continuously x0.1 every 5000 steps
+    # lr 5e-4 decayed continuously x0.1 every 5000 steps; posenc scale 6 (nfit's posenc maps
+    # [-1, 1]^3 onto the notebook's [0, 1]^3, so its scale is the notebook's)
     KindFacts("sdf", "nfit.signals.mesh:SDF", MESH_EXTENSIONS, {"sigma": 2.0, "batch": 16_384},
               {"paper": {"*": {"target": "occupancy", "encoding": "gauss", "sigma": 6.0, "features": 256,
                                "width": 256, "depth": 8, "steps": 10_000, "batch": 32_768, "lr": 5e-4,
-                               "schedule": "exp", "decay_steps": 5000, "warmup": 0.0, "init": "paper"}}}),
+                               "schedule": "exp", "decay_steps": 5000, "warmup": 0.0, "init": "paper"},
+                         "posenc": {"sigma": 6.0}}}),
     # tancik/fourier-feature-networks, Experiments/2d_CT: 20 parallel views, 1000 full-batch
     # steps, lr 1e-3 (posenc, gauss) or 1e-2 (none, basic), sigma 4 (gauss), 3 (posenc)
     KindFacts("ct", "nfit.signals.ct:CT", IMAGE_EXTENSIONS, {"batch": "full", "steps": 1000, "sigma": 4.0},
@@ -119,7 +121,7 @@ ENCODING_FACTS: dict[str, EncodingFacts] = {e.name: e for e in (
     EncodingFacts("posenc", "nfit.encodings",
                   "the paper's positional encoding: on each axis, frequencies 2^linspace(0, sigma, m) - 1, DC included",
                   "the paper's scale, in octaves: frequencies 0 to 2^sigma - 1 per axis (6 photographs, 3 CT, 4 MRI)",
-                  ("sigma", "features"), uses_sigma=True),
+                  ("sigma", "features", "bounds"), uses_sigma=True),
     EncodingFacts("geoposenc", "nfit.encodings",
                   "geometric positional encoding: on each axis, frequencies sigma^(j/m), j = 0..m-1 (no DC)",
                   "largest frequency: 1 up to sigma cycles per unit, geometric, per axis", ("sigma", "features"),

@@ -143,9 +143,14 @@ class PositionalEncoding(FourierFeatures):
 
     from 0 (a constant feature: DC) to 2^sigma - 1 cycles per unit, evenly spaced in
     log2(1 + b). ``sigma`` is the notebooks' ``scale`` (6 natural images, 5 text, 3 CT,
-    4 MRI). B lists the first axis's m frequencies, then the second's, as the notebooks
-    stack them; out_dim = 2 * m * d (the notebooks' 2D m = 128 of 256 frequencies, 3D m = 85).
+    4 MRI, 6 shapes). B lists the first axis's m frequencies, then the second's, as the
+    notebooks stack them; out_dim = 2 * m * d (the notebooks' 2D m = 128 of 256
+    frequencies, 3D m = 85). The notebooks' coordinates span [0, 1) per axis; a signal on
+    other ``bounds`` [lo, hi] (meshes: [-1, 1]) is mapped onto [0, 1] first, so a scale
+    means the same cycles across the domain as in the notebooks.
     """
+
+    B: torch.Tensor
 
     max_sigma: ClassVar[float] = POSENC_MAX_SCALE
 
@@ -154,16 +159,29 @@ class PositionalEncoding(FourierFeatures):
         """log2(1 + f): the scale whose largest frequency 2^sigma - 1 is f."""
         return math.log2(1.0 + frequency)
 
-    def __init__(self, in_dim: int, sigma: float, features: int) -> None:
+    def __init__(self, in_dim: int, sigma: float, features: int,
+                 bounds: tuple[float, float] | list[float] = (0.0, 1.0)) -> None:
         levels = max(features // in_dim, 1)
         scales = 2.0 ** torch.linspace(0.0, float(sigma), levels, dtype=torch.float64) - 1.0
         eye = torch.eye(in_dim, dtype=torch.float64)
         frequencies = (eye[:, None, :] * scales[None, :, None]).reshape(in_dim * levels, in_dim)
         super().__init__(in_dim, frequencies)
-        self.sigma, self.features = float(sigma), int(features)
+        lo, hi = (float(b) for b in bounds)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise UsageError(f"posenc bounds must be finite with lo < hi, got {list(bounds)}")
+        self.sigma, self.features, self.bounds = float(sigma), int(features), (lo, hi)
+
+    def forward(self, coords: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        lo, hi = self.bounds
+        if (lo, hi) != (0.0, 1.0):
+            coords = (coords.to(self.B.dtype) - lo) / (hi - lo)
+        return super().forward(coords, dtype)
 
     def spec(self) -> dict[str, Any]:
-        return {"type": self.name, "sigma": self.sigma, "features": self.features}
+        spec: dict[str, Any] = {"type": self.name, "sigma": self.sigma, "features": self.features}
+        if self.bounds != (0.0, 1.0):
+            spec["bounds"] = list(self.bounds)
+        return spec
 
 
 @register("geoposenc")

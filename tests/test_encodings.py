@@ -145,3 +145,17 @@ def test_paper_protocols_give_posenc_the_notebooks_scale(kind: str, scale: float
     cfg = merge_config({}, {"protocol": "paper", "encoding": "posenc"}, kind=kind)
     assert cfg.sigma == scale
     assert build_encoding(cfg.encoding_spec(), 2).B.max() == 2.0**scale - 1
+
+
+def test_posenc_maps_a_meshs_bounds_onto_the_notebooks_unit_cube() -> None:
+    unit = build_encoding({"type": "posenc", "sigma": 6.0, "features": 256}, 3)
+    mesh = build_encoding({"type": "posenc", "sigma": 6.0, "features": 256, "bounds": [-1.0, 1.0]}, 3)
+    v = torch.rand(11, 3) * 2 - 1
+    torch.testing.assert_close(mesh(v), unit((v + 1) / 2), atol=1e-5, rtol=0)
+    assert mesh.spec()["bounds"] == [-1.0, 1.0] and "bounds" not in unit.spec()
+    again = build_encoding(mesh.spec(), 3)
+    assert torch.equal(again(v), mesh(v))
+    from nfit.config import merge_config
+
+    sdf = merge_config({}, {"protocol": "paper", "encoding": "posenc"}, kind="sdf")
+    assert (sdf.encoding, sdf.sigma, sdf.features) == ("posenc", 6.0, 256)
