@@ -55,7 +55,9 @@ KINDS: dict[str, KindFacts] = {k.name: k for k in (
     # the full batch of a volume would not fit: random voxels per step
     # (the paper's notebooks fit with a constant-rate Adam, as nfit did before schedules)
     KindFacts("volume", "nfit.signals.volume:VOLUME", VOLUME_EXTENSIONS, {"batch": 1 << 16},
-              {"paper": {"*": {"schedule": "constant", "warmup": 0.0, "init": "paper"}}}),
+              # posenc: the scale of the MRI notebook, the paper's only 3D volumes
+              {"paper": {"*": {"schedule": "constant", "warmup": 0.0, "init": "paper"},
+                         "posenc": {"sigma": 4.0}}}),
     # sigma 10 overfits the sampled points on [-1, 1]^3 (spot, 300 steps: IoU 0.09 at
     # sigma 8, 0.96 at 2, 0.98 at 1; bench/bench_sdf.py); each step draws 16,384 points
     # The paper's protocol (Experiments/3d_shape_occupancy): occupancy, gauss sigma 12 on
@@ -121,7 +123,9 @@ ENCODING_FACTS: dict[str, EncodingFacts] = {e.name: e for e in (
     EncodingFacts("posenc", "nfit.encodings",
                   "the paper's positional encoding: on each axis, frequencies 2^linspace(0, sigma, m) - 1, DC included",
                   "the paper's scale, in octaves: frequencies 0 to 2^sigma - 1 per axis (6 photographs, 3 CT, 4 MRI)",
-                  ("sigma", "features", "bounds"), uses_sigma=True),
+                  # the notebooks' photographs' scale where the kind sets no sigma of its own: the
+                  # shared default 10 would reach 1023 cycles per unit
+                  ("sigma", "features", "bounds"), {"sigma": 6.0}, uses_sigma=True),
     EncodingFacts("geoposenc", "nfit.encodings",
                   "geometric positional encoding: on each axis, frequencies sigma^(j/m), j = 0..m-1 (no DC)",
                   "largest frequency: 1 up to sigma cycles per unit, geometric, per axis", ("sigma", "features"),

@@ -159,3 +159,12 @@ def test_posenc_maps_a_meshs_bounds_onto_the_notebooks_unit_cube() -> None:
 
     sdf = merge_config({}, {"protocol": "paper", "encoding": "posenc"}, kind="sdf")
     assert (sdf.encoding, sdf.sigma, sdf.features) == ("posenc", 6.0, 256)
+
+
+def test_posenc_defaults_to_the_notebooks_photograph_scale() -> None:
+    from nfit.config import merge_config
+
+    assert merge_config({}, {"encoding": "posenc"}, kind="image").sigma == 6.0
+    assert merge_config({}, {"encoding": "posenc", "sigma": 3}, kind="image").sigma == 3.0
+    assert merge_config({}, {"encoding": "gauss"}, kind="image").sigma == 10.0
+    assert merge_config({}, {"protocol": "paper", "encoding": "posenc"}, kind="volume").sigma == 4.0
