@@ -103,7 +103,7 @@ class FitConfig:
     eval_every: int = 25
     """steps between evaluations of the held-out sets"""
     protocol: str | None = None
-    """a published recipe for this kind, set under the flags given: paper (the paper's lr per encoding, sigma, steps, full batch, constant rate)"""
+    """a published recipe for this kind, set under the flags given: paper (the paper's lr per encoding, sigma or posenc scale, steps, full batch, constant rate, --init paper)"""
 
     # Schedule, batch rule, budgets and storage (nfit.schedules; the batch rule: batch_points).
     schedule: str = "constant"
