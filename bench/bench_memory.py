@@ -29,7 +29,7 @@ def child(kind: str, path: str, options: dict) -> None:
 
     from nfit.api import fit_task, prepare_task
     from nfit.device import resolve_device, resolve_precision
-    from nfit.memory import member_bytes
+    from nfit.job import member_bytes
     from nfit.spec import FitSpec
 
     cfg = FitSpec(kind=kind, input=path, options=options).config()

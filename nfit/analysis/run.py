@@ -58,7 +58,9 @@ def kernel_file(kind: str, path: str | Path, cfgs: list[FitConfig], opts: Kernel
     """
     import torch
 
-    from nfit.api import build_task_field, prepare_task, versions
+    from nfit.outputs import versions
+    from nfit.signals import build_task_field
+    from nfit.tasks import prepare_task
 
     opts.validate()
     out_dir = Path(out_dir)
@@ -102,7 +104,7 @@ def spectral_bias_file(ps: list[float], out_dir: str | Path, **kwargs: Any) -> d
     """Run ``run_spectral_bias(ps, **kwargs)`` and write its figures and report.json."""
     out_dir = Path(out_dir)
     targets, results = run_spectral_bias(ps, **kwargs)
-    from nfit.api import versions
+    from nfit.outputs import versions
 
     report = {"experiment": "1D spectral bias (Tancik et al. 2020, Sec. 5)", "settings": kwargs,
               "n": len(targets), "results": [r.summary() for r in results],

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from nfit.cli.common import Device, Json, Quiet, emit, handle_errors, stdout
 from nfit.errors import UsageError
+from nfit.formats.images import UNFAITHFUL_EXTENSIONS
 from nfit.io import check_output_file
 from nfit.stdio import STDIO, copy_to_stdout
 
@@ -29,8 +30,8 @@ def render(
     with handle_errors():
         from nfit.checkpoint import load_checkpoint, read_header
         from nfit.device import resolve_device, resolve_precision
+        from nfit.field import InPrecision
         from nfit.signals import signal_kind
-        from nfit.train import InPrecision
 
         meta, _ = read_header(model)
         kind = signal_kind(meta["signal"].get("kind", ""))
@@ -41,7 +42,7 @@ def render(
         if to_stdout and json_out:
             raise UsageError("--out - writes the rendering to stdout; --json cannot share it")
         suffix = "." + (format or allowed[0].lstrip(".")).lower().lstrip(".")
-        check_output_file(Path("stdout" + suffix) if to_stdout else out, allowed)
+        check_output_file(Path("stdout" + suffix) if to_stdout else out, allowed, UNFAITHFUL_EXTENSIONS)
         target_device = resolve_device(device or "auto")
         fld, meta = load_checkpoint(model, target_device)
         # evaluated in the fit's precision (its --precision on this device)

@@ -34,12 +34,12 @@ from nfit.formats.images import IMAGE_WRITE_EXTENSIONS, write_image
 from nfit.io import atomic_path
 from nfit.metrics import psnr_from_mse, ssim
 from nfit.operators import PROJECTORS, RotationProjector, fbp, paper_angles, parse_angles
-from nfit.plots import _figure, _save, plot_curve, write_curve_csv
+from nfit.plots import _figure, _save
 from nfit.problem import FitResult
 from nfit.signals.base import KindFromFacts, Task
 from nfit.signals.grid import render_grid
 from nfit.signals.image import IMAGE, load_image
-from nfit.signals.measure import Measurement, measurement_problem, require_full_batch
+from nfit.signals.measure import Measurement, measurement_problem
 
 DEFAULT_VIEWS = CT_VIEWS
 
@@ -182,7 +182,6 @@ class CTKind(KindFromFacts):
     name = "ct"
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
-        require_full_batch(self.name, cfg)
         data = _prepare_data(path, cfg)
         n = data.n
         train = RotationProjector(n, data.angles[data.train_views], data.projector)
@@ -194,7 +193,7 @@ class CTKind(KindFromFacts):
             sets["val"] = Measurement(held, torch.from_numpy(data.sinogram[data.held_views] / data.scale), score)
         if data.truth is not None:
             sets["test"] = Measurement(lambda p: p, torch.from_numpy(data.truth.reshape(-1)))
-        problem = measurement_problem((n, n), sets)
+        problem = measurement_problem((n, n), sets, self.name)
         meta = {"kind": self.name, "source": data.source, "shape": [n, n], "channels": "L", "bit_depth": 16,
                 "projector": data.projector, "angles": [float(a) for a in data.angles],
                 "train_views": data.train_views.tolist(), "held_out_views": data.held_views.tolist(),
@@ -208,7 +207,7 @@ class CTKind(KindFromFacts):
         device = next(result.field.parameters()).device
         recon = render_grid(result.field, (n, n), 1, device=device).numpy()[..., 0]
         write_image(out_dir / "recon.png", np.clip(recon, 0, 1), 16)
-        files = ["recon.png", "fbp.png", "sinogram.png", "curve.csv", "curve.png"]
+        files = ["recon.png", "fbp.png", "sinogram.png"]
         if data.scale != 1.0:
             with atomic_path(out_dir / "recon.npy") as tmp:
                 np.save(tmp, (recon * data.scale).astype(np.float32))
@@ -218,8 +217,6 @@ class CTKind(KindFromFacts):
         baseline = fbp(data.sinogram[data.train_views], data.angles[data.train_views], data.projector)
         write_image(out_dir / "fbp.png", np.clip(baseline / data.scale, 0, 1), 16)
         plot_sinograms(out_dir / "sinogram.png", data.sinogram, predicted, data.held_views)
-        write_curve_csv(out_dir / "curve.csv", result.history)
-        plot_curve(out_dir / "curve.png", result.history, "psnr", title=Path(data.source).name)
         extra: dict[str, Any] = {
             "psnr_on": {"train": "training projections (image units)",
                         "val": "held-out projections (image units)",

@@ -49,13 +49,13 @@ from nfit.formats.meshes import (
     write_mesh,
 )
 from nfit.geometry import inside, iou, sample_surface, signed_distance, surface_metrics
-from nfit.plots import plot_curve, write_curve_csv
-from nfit.problem import BCEObjective, FitResult, Objective, Problem
+from nfit.objectives import BCEObjective, Objective
+from nfit.problem import FitResult, Problem
 from nfit.signals.base import KindFromFacts, Task
 
 TARGETS = ("sdf", "occupancy")
 DEFAULTS: dict[str, Any] = {"target": "sdf", "resolution": 256, "clamp": 0.0, "pool": 200_000,
-                            "batch": KINDS["sdf"].defaults["batch"], "mix": (0.4, 0.4, 0.2), "jitter": (0.01, 0.1),
+                            "mix": (0.4, 0.4, 0.2), "jitter": (0.01, 0.1),
                             "eval_points": 20_000, "metric_points": 100_000}
 #: near-surface IoU points: surface samples jittered by this standard deviation (domain units)
 NEAR_SURFACE_JITTER = 0.01
@@ -67,18 +67,12 @@ MAX_RESOLUTION = 1024
 def mesh_options(cfg: FitConfig) -> dict[str, Any]:
     """The mesh options of ``cfg`` over DEFAULTS, checked (UsageError on bad values)."""
     opts = {**DEFAULTS, **cfg.given("mesh")}
-    size = cfg.batch_size()
-    if size == 0:
-        raise UsageError("--batch full: a mesh is fitted on points drawn from its pool each "
-                         "step; give a number of points (or auto)")
-    if size:
-        opts["batch"] = size
     target = str(opts["target"]).lower()
     if target not in TARGETS:
         raise UsageError(f"--target must be one of {', '.join(TARGETS)}, got {opts['target']!r}")
     opts["target"] = target
     try:
-        for key in ("resolution", "pool", "batch", "eval_points", "metric_points"):
+        for key in ("resolution", "pool", "eval_points", "metric_points"):
             opts[key] = int(opts[key])
         opts["clamp"] = float(opts["clamp"])
         mix = tuple(float(x) for x in opts["mix"])
@@ -90,9 +84,9 @@ def mesh_options(cfg: FitConfig) -> dict[str, Any]:
         raise UsageError(f"--resolution must be in 8..{MAX_RESOLUTION}, got {opts['resolution']}")
     if not (math.isfinite(opts["clamp"]) and opts["clamp"] >= 0):
         raise UsageError(f"--clamp must be 0 (off) or a positive distance, got {opts['clamp']}")
-    if (opts["pool"] < 1000 or opts["batch"] < 1 or opts["eval_points"] < 100
+    if (opts["pool"] < 1000 or opts["eval_points"] < 100
             or opts["metric_points"] < 100):
-        raise UsageError("mesh options need pool >= 1000, batch >= 1, "
+        raise UsageError("mesh options need pool >= 1000, "
                          "eval_points and metric_points >= 100")
     if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
         raise UsageError("mix must be 3 non-negative fractions [fine, coarse, uniform], "
@@ -128,17 +122,17 @@ def label(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, target: s
     return values.astype(np.float32)[:, None]
 
 
-def pool_sampler(pool_x: torch.Tensor, pool_y: torch.Tensor, batch: int):
-    """A ``Problem.sampler``: each step, ``batch`` random points of the pool, on the
+def pool_sampler(pool_x: torch.Tensor, pool_y: torch.Tensor):
+    """A ``Problem.sampler``: n random points of the pool (at most the pool's size), on the
     generator's device (the pool is moved there once)."""
     cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def sample(step: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         key = str(generator.device)
         if key not in cache:
             cache[key] = (pool_x.to(generator.device), pool_y.to(generator.device))
         x, y = cache[key]
-        idx = torch.randint(len(x), (min(batch, len(x)),), device=generator.device,
+        idx = torch.randint(len(x), (min(n, len(x)),), device=generator.device,
                             generator=generator)
         return x[idx], y[idx]
 
@@ -220,13 +214,12 @@ class SdfKind(KindFromFacts):
         pool_x = torch.from_numpy(pool).float()
         pool_y = torch.from_numpy(label(pool, vertices, mesh.faces, target, clamp))
         problem = Problem(pool_x, pool_y, evals, objective=mesh_objective(target),
-                          sampler=pool_sampler(pool_x, pool_y, opts["batch"]),
-                          step_points=min(opts["batch"], len(pool_x)))
+                          sampler=pool_sampler(pool_x, pool_y), batch=KINDS["sdf"].defaults["batch"], kind_name="sdf")
         meta = {"kind": self.name, "source": str(path), "target": target,
                 "normalisation": norm.to_dict(), "vertices": len(mesh.vertices),
                 "faces": len(mesh.faces), "bounds": mesh.bounds.tolist(),
                 "diagonal": mesh.diagonal, "resolution": opts["resolution"], "clamp": clamp,
-                "pool": opts["pool"], "batch": opts["batch"], "mix": opts["mix"],
+                "pool": opts["pool"], "mix": opts["mix"],
                 "jitter": opts["jitter"], "domain": [-1.0, 1.0]}  # per axis: [-1, 1]^3
         # sweeps choose on the IoU of the sign on the held-out points, for both targets
         return Task(self.name, 3, 1, problem, meta, output="identity",
@@ -244,7 +237,7 @@ class SdfKind(KindFromFacts):
 
         grid = evaluate_grid(fld, opts["resolution"])
         rec_v, rec_f = extract_surface(grid, target)
-        report: dict[str, Any] = {"files": ["recon.ply", "preview.png", "curve.csv", "curve.png"]}
+        report: dict[str, Any] = {"files": ["recon.ply", "preview.png"]}
         if len(rec_f) == 0:
             report["warning"] = "the field has no zero crossing on the grid: recon.ply is empty"
 
@@ -269,8 +262,6 @@ class SdfKind(KindFromFacts):
         write_mesh(out_dir / "recon.ply", norm.to_file(rec_v), rec_f)
         plot_preview(out_dir / "preview.png", grid, vertices, mesh.faces, target,
                      title=f"{Path(mesh.source).name}: {target} field, zero level")
-        write_curve_csv(out_dir / "curve.csv", result.history)
-        plot_curve(out_dir / "curve.png", result.history, "loss", title=Path(mesh.source).name)
         report["test_metrics"] = scores
         report["surface"] = {"recon_vertices": len(rec_v), "recon_faces": len(rec_f),
                              "resolution": opts["resolution"],

@@ -36,13 +36,13 @@ from nfit.field import Field
 from nfit.formats.volumes import MAX_VOXELS, VOLUME_EXTENSIONS, from_unit, scaled_affine, write_volume
 from nfit.metrics import psnr_from_mse, ssim
 from nfit.operators import KSpaceOperator, variable_density_mask
-from nfit.plots import _figure, _save, plot_curve, write_curve_csv
+from nfit.plots import _figure, _save
 from nfit.problem import FitResult
 from nfit.signals.base import KindFromFacts, Task
 from nfit.signals.ct import parse_noise
 from nfit.signals.grid import render_grid
 from nfit.signals.image import parse_size
-from nfit.signals.measure import Measurement, measurement_problem, require_full_batch
+from nfit.signals.measure import Measurement, measurement_problem
 from nfit.signals.volume import VOLUME, load_volume, mid_slices, plot_volume_slices
 
 DEFAULT_FRACTION = MRI_FRACTION
@@ -197,7 +197,6 @@ class MRIKind(KindFromFacts):
     name = "mri"
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
-        require_full_batch(self.name, cfg)
         data = _prepare_data(path, cfg)
         n = math.prod(data.shape)
 
@@ -211,7 +210,7 @@ class MRIKind(KindFromFacts):
             sets["val"] = _whole_grid_mean(measure(data.held), len(data.held), n)
         if data.truth is not None:
             sets["test"] = Measurement(lambda p: p, torch.from_numpy(data.truth.reshape(-1)))
-        problem = measurement_problem(data.shape, sets)
+        problem = measurement_problem(data.shape, sets, self.name)
         meta = {"kind": self.name, "source": data.source, "shape": list(data.shape), "channels": 1,
                 **data.meta, "samples": len(data.index), "sampled_fraction": len(data.index) / n,
                 "mask_points_drawn": data.points_drawn, "train_samples": len(data.train),
@@ -243,9 +242,7 @@ class MRIKind(KindFromFacts):
         if data.truth is not None:
             plot_volume_slices(out_dir / "slices.png", mid_slices(data.truth[..., None]),
                                mid_slices(recon[..., None]), title=Path(data.source).name)
-        write_curve_csv(out_dir / "curve.csv", result.history)
-        plot_curve(out_dir / "curve.png", result.history, "psnr", title=Path(data.source).name)
-        files = ["recon.nii.gz", "zerofill.nii.gz", "kspace.png", "curve.csv", "curve.png"]
+        files = ["recon.nii.gz", "zerofill.nii.gz", "kspace.png"]
         extra: dict[str, Any] = {
             "psnr_on": {"train": "fitted k-space samples (image units: orthonormal DFT)",
                         "val": "held-out k-space samples (image units)",
