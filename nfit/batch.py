@@ -35,6 +35,7 @@ from typing import Any
 from nfit.config import OPTIONS, check_keys, coerce_option
 from nfit.errors import UsageError
 from nfit.io import atomic_write_json, atomic_write_text, json_safe
+from nfit.metrics import mean_std
 from nfit.spec import FitSpec, JobSpec, SweepSpec, spec_from_dict
 
 BATCH_FILE = "batch.json"
@@ -479,13 +480,6 @@ def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(keys, key=lambda k: (order.get(k.split("_")[0], 3), k))
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
-
-
 def summary_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     """Mean and sample std of each metric per configuration, over signals and seeds (the
     layout of the paper's Table 1), in the batch's order of configurations."""
@@ -501,7 +495,7 @@ def summary_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, 
             values = [float(r[m]) for r in done if isinstance(r.get(m), int | float)
                       and math.isfinite(float(r[m]))]
             if values:
-                entry[m], entry[f"{m}_std"] = _mean_std(values)
+                entry[m], entry[f"{m}_std"] = mean_std(values)
                 entry[f"{m}_n"] = len(values)
         out.append(entry)
     return metrics, out
@@ -572,7 +566,7 @@ def plot_table(path: Path, rows: list[dict[str, Any]], metrics: list[str]) -> No
                 values = [float(r[metric]) for r in done if r["config"] == config
                           and (group == "all" or r["signal"] == group)
                           and isinstance(r.get(metric), int | float) and math.isfinite(float(r[metric]))]
-                mean, std = _mean_std(values) if values else (math.nan, 0.0)
+                mean, std = mean_std(values) if values else (math.nan, 0.0)
                 means.append(mean)
                 stds.append(std)
             xs = [g + (i - (len(configs) - 1) / 2) * width for g in range(len(groups))]

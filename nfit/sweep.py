@@ -33,7 +33,6 @@ import csv
 import io
 import math
 import re
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -52,6 +51,7 @@ from nfit.field import Field
 from nfit.io import atomic_write_bytes, atomic_write_json
 from nfit.job import member_bytes
 from nfit.memory import memory_budget, plan_groups
+from nfit.metrics import mean_std
 from nfit.outputs import write_results
 from nfit.problem import FitResult
 from nfit.signals import Task, build_task_field
@@ -269,7 +269,7 @@ def train_members(task: Task, base: FitConfig | Mapping[str, FitConfig],
 
 
 def summarize(members: Sequence[Member], metric: str) -> list[dict[str, Any]]:
-    """One row per (encoding, sigma): mean and spread over the seeds that did not diverge."""
+    """One row per (encoding, sigma): mean and sample std over the seeds that did not diverge."""
     rows = []
     for key in dict.fromkeys(m.key for m in members):
         group = [m for m in members if m.key == key]
@@ -279,8 +279,8 @@ def summarize(members: Sequence[Member], metric: str) -> list[dict[str, Any]]:
         for role in ("train", "val", "test"):
             values = [m.metrics.get(f"{role}_{metric}", float("nan")) for m in ok]
             values = [v for v in values if v == v]
-            row[f"{role}_{metric}"] = statistics.fmean(values) if values else float("nan")
-            row[f"{role}_{metric}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+            row[f"{role}_{metric}"], row[f"{role}_{metric}_std"] = mean_std(values) if values \
+                else (float("nan"), 0.0)
         rows.append(row)
     rows.sort(key=lambda r: (r["encoding"], r["sigma"] if r["sigma"] is not None else 0.0))
     return rows

@@ -199,10 +199,10 @@ class CTKind(KindFromFacts):
                 "train_views": data.train_views.tolist(), "held_out_views": data.held_views.tolist(),
                 "noise": cfg.noise, "scale": data.scale, "ground_truth": data.truth is not None,
                 "train_points": n * n, "test_points": n * n if data.truth is not None else 0}
-        return Task(self.name, 2, 1, problem, meta, context={"data": data, "train": train})
+        return Task(self.name, 2, 1, problem, meta, state=data)
 
     def write_outputs(self, task: Task, result: FitResult, out_dir: Path) -> dict[str, Any]:
-        data: CTData = task.context["data"]
+        data: CTData = task.state
         n = data.n
         device = next(result.field.parameters()).device
         recon = render_grid(result.field, (n, n), 1, device=device).numpy()[..., 0]

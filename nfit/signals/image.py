@@ -85,6 +85,14 @@ def parse_size(text: str, dims: int) -> tuple[int, ...]:
     return numbers
 
 
+@dataclass
+class ImageState:
+    """What an image fit's outputs read: the signal and its split."""
+
+    signal: ImageSignal
+    split: Split
+
+
 class ImageKind(KindFromFacts):
     name = "image"
 
@@ -100,11 +108,11 @@ class ImageKind(KindFromFacts):
                 "crop": list(signal.crop) if signal.crop else None, "split": split.name,
                 "train_points": len(split.train), "test_points": len(split.test)}
         return Task(self.name, 2, signal.out_dim, problem, meta,
-                    context={"signal": signal, "split": split})
+                    state=ImageState(signal, split))
 
     def write_outputs(self, task: Task, result: FitResult, out_dir: Path) -> dict[str, Any]:
-        signal: ImageSignal = task.context["signal"]
-        split: Split = task.context["split"]
+        state: ImageState = task.state
+        signal, split = state.signal, state.split
         device = next(result.field.parameters()).device
         recon = render_grid(result.field, signal.shape, signal.out_dim, device=device).numpy()
         truth = signal.pixels.numpy()

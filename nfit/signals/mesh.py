@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,17 @@ def mesh_objective(target: str) -> Objective:
     return Objective(inside=rule) if target == "sdf" else BCEObjective(inside=rule)
 
 
+@dataclass
+class MeshState:
+    """What a mesh fit's outputs read: the mesh, its vertices in [-1, 1]^3, the mesh options
+    and the seed of the final metrics' points."""
+
+    mesh: Mesh
+    vertices: np.ndarray
+    options: dict[str, Any]
+    seed: int
+
+
 class SdfKind(KindFromFacts):
     name = "sdf"
 
@@ -223,13 +235,11 @@ class SdfKind(KindFromFacts):
                 "jitter": opts["jitter"], "domain": [-1.0, 1.0]}  # per axis: [-1, 1]^3
         # sweeps choose on the IoU of the sign on the held-out points, for both targets
         return Task(self.name, 3, 1, problem, meta, output="identity",
-                    context={"mesh": mesh, "vertices": vertices, "options": opts,
-                             "seed": int(cfg.seed)})
+                    state=MeshState(mesh, vertices, opts, int(cfg.seed)))
 
     def write_outputs(self, task: Task, result: FitResult, out_dir: Path) -> dict[str, Any]:
-        mesh: Mesh = task.context["mesh"]
-        vertices: np.ndarray = task.context["vertices"]
-        opts: dict[str, Any] = task.context["options"]
+        state: MeshState = task.state
+        mesh, vertices, opts = state.mesh, state.vertices, state.options
         target = opts["target"]
         norm = Normalisation.from_dict(task.meta["normalisation"])
         fld = result.field
@@ -242,7 +252,7 @@ class SdfKind(KindFromFacts):
             report["warning"] = "the field has no zero crossing on the grid: recon.ply is empty"
 
         # held-out point sets, drawn from a seed the training pool never used
-        rng = np.random.default_rng(task.context["seed"] + 7919)
+        rng = np.random.default_rng(state.seed + 7919)
         n = opts["metric_points"]
         uniform = rng.uniform(-1, 1, (n, 3))
         surface, _ = sample_surface(vertices, mesh.faces, n, rng)
@@ -253,7 +263,7 @@ class SdfKind(KindFromFacts):
             scores[name] = iou(predicted_inside(values, target), inside(pts, vertices, mesh.faces))
         diag = mesh.diagonal / norm.scale  # the bounding-box diagonal in domain units
         surf = surface_metrics((rec_v, rec_f), (vertices, mesh.faces),
-                               threshold=FSCORE_FRACTION * diag, n=n, seed=task.context["seed"])
+                               threshold=FSCORE_FRACTION * diag, n=n, seed=state.seed)
         scores["chamfer"] = surf["chamfer"] / diag
         scores["chamfer_file_units"] = surf["chamfer"] * norm.scale
         scores["fscore_1pct"] = surf["fscore"]

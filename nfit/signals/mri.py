@@ -219,10 +219,10 @@ class MRIKind(KindFromFacts):
                 "test_points": n if data.truth is not None else 0}
         if data.scale != 1.0:
             meta["range"] = [0.0, data.scale]
-        return Task(self.name, 3, 1, problem, meta, context={"data": data})
+        return Task(self.name, 3, 1, problem, meta, state=data)
 
     def write_outputs(self, task: Task, result: FitResult, out_dir: Path) -> dict[str, Any]:
-        data: MRIData = task.context["data"]
+        data: MRIData = task.state
         meta = task.meta
         device = next(result.field.parameters()).device
         recon = np.clip(render_grid(result.field, data.shape, 1, device=device).numpy()[..., 0], 0, 1)

@@ -262,6 +262,15 @@ def plot_volume_slices(path: Path, truth: list[np.ndarray], recon: list[np.ndarr
     _save(plt, fig, path)
 
 
+@dataclass
+class VolumeState:
+    """What a volume fit's outputs read: the signal, its voxel sets, whether one is held out."""
+
+    signal: VolumeSignal
+    sets: dict[str, Lattice | Masked]
+    held_out: bool
+
+
 class VolumeKind(KindFromFacts):
     name = "volume"
 
@@ -277,10 +286,11 @@ class VolumeKind(KindFromFacts):
                 "train_points": len(sets["train"]),
                 "test_points": len(sets["test"])}
         return Task(self.name, 3, signal.out_dim, problem, meta,
-                    context={"signal": signal, "sets": sets, "held_out": held_out})
+                    state=VolumeState(signal, sets, held_out))
 
     def write_outputs(self, task: Task, result: FitResult, out_dir: Path) -> dict[str, Any]:
-        signal: VolumeSignal = task.context["signal"]
+        state: VolumeState = task.state
+        signal = state.signal
         device = next(result.field.parameters()).device
         recon = np.clip(render_grid(result.field, signal.shape, signal.out_dim,
                                     device=device).numpy(), 0.0, 1.0)
@@ -290,8 +300,8 @@ class VolumeKind(KindFromFacts):
                      affine=signal.affine, units=signal.units, sform_code=signal.sform_code)
         plot_volume_slices(out_dir / "slices.png", mid_slices(truth), mid_slices(recon),
                            title=Path(signal.source).name)
-        test = task.context["sets"]["test"]
-        if isinstance(test, Lattice) and task.context["held_out"]:
+        test = state.sets["test"]
+        if isinstance(test, Lattice) and state.held_out:
             # The test voxels form a sub-grid: SSIM on its mid-slices scores held-out voxels only.
             sub = tuple(slice(s, None, k) for s, k in zip(test.start, test.step, strict=True))
             pairs = zip(mid_slices(recon[sub]), mid_slices(truth[sub]), strict=True)
@@ -300,7 +310,7 @@ class VolumeKind(KindFromFacts):
             pairs = zip(mid_slices(recon), mid_slices(truth), strict=True)
             ssim_on = ("orthogonal mid-slices of the whole volume" +
                        (" (random split: test voxels are scattered, so slices mix train and test)"
-                        if task.context["held_out"] else ""))
+                        if state.held_out else ""))
         ssim_value = float(np.mean([ssim(r, t) for r, t in pairs]))
         return {"test_ssim": ssim_value, "ssim_on": ssim_on, "channels": signal.out_dim,
                 "psnr_on": "all test voxels, values normalised to [0, 1] by the volume's range",
