@@ -46,8 +46,8 @@ from nfit.spec import FitSpec, JobSpec, KernelSpec, SweepSpec
 from nfit.stdio import STDIO, stdin_signal
 from nfit.tasks import SOURCE_NAME, fit_task, prepare_task
 
-__all__ = ["Reporter", "build_task_field", "fit_task", "prepare_task", "resume_spec", "run", "versions",
-           "write_results"]
+__all__ = ["Reporter", "build_task_field", "fit_task", "prepare_task", "render_checkpoint", "resume_spec", "run",
+           "versions", "write_results"]
 
 
 def run(spec: JobSpec, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -227,3 +227,47 @@ def _number(flag: str, text: str) -> float:
         return float(text)
     except ValueError:
         raise UsageError(f"{flag} must be a number or 'auto', got {text!r}") from None
+
+
+def render_checkpoint(model: str | Path, out: str | Path, *, size: str | None = None,
+                      resolution: int | None = None, format: str | None = None,
+                      device: str | None = None) -> dict[str, Any] | None:
+    """``nfit render``: evaluate a checkpoint's field on a grid of any size, in the fit's
+    precision on ``device``, and write it to ``out`` (its extension picks the format), or
+    to standard output with ``out="-"`` (``format`` names it). Returns the summary (None
+    for standard output). The output is checked before any work and written atomically."""
+    import tempfile
+    import time
+
+    from nfit.checkpoint import load_checkpoint, read_header
+    from nfit.device import resolve_device, resolve_precision
+    from nfit.field import InPrecision
+    from nfit.formats.images import UNFAITHFUL_EXTENSIONS
+    from nfit.io import check_output_file
+    from nfit.stdio import copy_to_stdout
+
+    model, to_stdout = Path(model), str(out) == STDIO
+    meta, _ = read_header(model)
+    kind = signal_kind(meta["signal"].get("kind", ""))
+    allowed = kind.render_extensions()
+    if format is not None and not to_stdout:
+        raise UsageError("--format is for --out - (a file's extension picks its format)")
+    suffix = "." + (format or allowed[0].lstrip(".")).lower().lstrip(".")
+    check_output_file(Path("stdout" + suffix) if to_stdout else Path(out), allowed, UNFAITHFUL_EXTENSIONS)
+    target = resolve_device(device or "auto")
+    fld, meta = load_checkpoint(model, target)
+    # evaluated in the fit's precision (its --precision on this device)
+    precision = resolve_precision(str(meta["config"].get("precision", "auto")), target)
+    evaluator = InPrecision(fld, target, precision)
+    start = time.perf_counter()
+    if to_stdout:
+        with tempfile.TemporaryDirectory(prefix="nfit-render-") as folder:
+            written = Path(folder) / f"render{suffix}"
+            kind.render(evaluator, meta["signal"], written, size=size, resolution=resolution)
+            copy_to_stdout(written)
+        return None
+    summary = kind.render(evaluator, meta["signal"], Path(out), size=size, resolution=resolution)
+    seconds = time.perf_counter() - start
+    summary.update({"precision": precision, "points": evaluator.points,
+                    "points_per_s": evaluator.points / seconds if seconds > 0 else None, "seconds": seconds})
+    return summary
