@@ -174,6 +174,8 @@ class FitConfig:
     """sdf: points of each held-out set scored during training (default 20000)"""
     metric_points: int | None = field(default=None, metadata=_group("mesh", cli=False, kinds=MESH))
     """sdf: points of the final IoU, Chamfer and F-score (default 100000)"""
+    eikonal: float | None = field(default=None, metadata=_group("mesh", kinds=MESH))
+    """sdf: weight of the eikonal term mean (|grad f| - 1)^2 added to the loss (a signed distance has a unit gradient; Fourier or plain encodings; default 0 = off)"""
 
     views: int | None = field(default=None, metadata=_group("ct", kinds=CT))
     """ct: projections simulated from the image, evenly spaced over [0, 180) degrees (default 20)"""

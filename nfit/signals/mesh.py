@@ -50,13 +50,13 @@ from nfit.formats.meshes import (
     write_mesh,
 )
 from nfit.geometry import inside, iou, sample_surface, signed_distance, surface_metrics
-from nfit.objectives import BCEObjective, Objective
+from nfit.objectives import BCEObjective, EikonalObjective, Objective
 from nfit.problem import FitResult, Problem
 from nfit.signals.base import KindFromFacts, Task
 
 TARGETS = ("sdf", "occupancy")
 DEFAULTS: dict[str, Any] = {"target": "sdf", "resolution": 256, "clamp": 0.0, "pool": 200_000,
-                            "mix": (0.4, 0.4, 0.2), "jitter": (0.01, 0.1),
+                            "eikonal": 0.0, "mix": (0.4, 0.4, 0.2), "jitter": (0.01, 0.1),
                             "eval_points": 20_000, "metric_points": 100_000}
 #: near-surface IoU points: surface samples jittered by this standard deviation (domain units)
 NEAR_SURFACE_JITTER = 0.01
@@ -76,6 +76,7 @@ def mesh_options(cfg: FitConfig) -> dict[str, Any]:
         for key in ("resolution", "pool", "eval_points", "metric_points"):
             opts[key] = int(opts[key])
         opts["clamp"] = float(opts["clamp"])
+        opts["eikonal"] = float(opts["eikonal"])
         mix = tuple(float(x) for x in opts["mix"])
         jitter = tuple(float(x) for x in opts["jitter"])
     except (TypeError, ValueError):
@@ -83,6 +84,10 @@ def mesh_options(cfg: FitConfig) -> dict[str, Any]:
                          "mix a list of 3 and jitter a list of 2 numbers") from None
     if not 8 <= opts["resolution"] <= MAX_RESOLUTION:
         raise UsageError(f"--resolution must be in 8..{MAX_RESOLUTION}, got {opts['resolution']}")
+    if not (math.isfinite(opts["eikonal"]) and opts["eikonal"] >= 0):
+        raise UsageError(f"--eikonal must be 0 (off) or a positive weight, got {opts['eikonal']}")
+    if opts["eikonal"] > 0 and target != "sdf":
+        raise UsageError("--eikonal applies to --target sdf (an occupancy has no unit gradient)")
     if not (math.isfinite(opts["clamp"]) and opts["clamp"] >= 0):
         raise UsageError(f"--clamp must be 0 (off) or a positive distance, got {opts['clamp']}")
     if (opts["pool"] < 1000 or opts["eval_points"] < 100
@@ -188,11 +193,14 @@ def predicted_inside(values: Any, target: str) -> Any:
     return values < 0 if target == "sdf" else values > 0
 
 
-def mesh_objective(target: str) -> Objective:
-    """MSE on the signed distance or BCE on occupancy logits; both score (and sweeps
-    select on) the IoU of the inside/outside sign through ``predicted_inside``."""
+def mesh_objective(target: str, eikonal: float = 0.0) -> Objective:
+    """MSE on the signed distance (plus ``eikonal`` times the eikonal term) or BCE on
+    occupancy logits; both score (and sweeps select on) the IoU of the inside/outside sign
+    through ``predicted_inside``."""
     rule = functools.partial(predicted_inside, target=target)
-    return Objective(inside=rule) if target == "sdf" else BCEObjective(inside=rule)
+    if target != "sdf":
+        return BCEObjective(inside=rule)
+    return EikonalObjective(eikonal, inside=rule) if eikonal > 0 else Objective(inside=rule)
 
 
 @dataclass
@@ -225,7 +233,7 @@ class SdfKind(KindFromFacts):
                            torch.from_numpy(label(pts, vertices, mesh.faces, target, clamp)))
         pool_x = torch.from_numpy(pool).float()
         pool_y = torch.from_numpy(label(pool, vertices, mesh.faces, target, clamp))
-        problem = Problem(pool_x, pool_y, evals, objective=mesh_objective(target),
+        problem = Problem(pool_x, pool_y, evals, objective=mesh_objective(target, opts["eikonal"]),
                           sampler=pool_sampler(pool_x, pool_y), batch=KINDS["sdf"].defaults["batch"], kind_name="sdf")
         meta = {"kind": self.name, "source": str(path), "target": target,
                 "normalisation": norm.to_dict(), "vertices": len(mesh.vertices),
