@@ -130,6 +130,8 @@ def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     report["files"] = sorted(set(report.get("files", [])) |
                              {"model.safetensors", "config.yaml", "report.json"})
+    from nfit.html import write_html_report  # report.html: every output above is written
+    write_html_report(out_dir, report)
     atomic_write_json(out_dir / REPORT_FILE, report)
     return report
 
@@ -298,7 +300,7 @@ def _run_kernel(spec: KernelSpec, reporter: Reporter) -> dict[str, Any]:
     opts = KernelOptions(points=spec.points, test_points=spec.test_points, steps=spec.steps, lr=lr,
                          eval_every=spec.eval_every, ridge=spec.ridge).validate()
     out_dir = resolve_out_dir(Path(spec.out) if spec.out else None, spec.default_out, spec.force)
-    report = kernel_file(spec.kind, spec.input, cfgs, opts, out_dir, on_encoding=reporter.study)
+    report = kernel_file(spec.kind, spec.input, cfgs, opts, out_dir, on_encoding=reporter.study, html=spec.html)
     report["out"] = str(out_dir)
     return report
 
