@@ -27,7 +27,7 @@ test: $(STAMP)
 
 # the manual: docs/ built into site/; --strict turns a broken link or reference into a failure
 docs: $(STAMP)
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: $(STAMP)
 	$(PY) bench/run.py
