@@ -86,8 +86,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     out["mesh"] = Path(run(FitSpec(kind="sdf", input=str(_mesh(base / "torus.obj")), options={
         **TINY, "steps": 300, "lr": 5e-3, "sigma": 1.0, "batch": "4096", "resolution": 48, "pool": 20000,
         "eval_points": 2000, "metric_points": 5000}, out=str(base / "mesh")))["out"])
-    out["ct"] = Path(run(FitSpec(kind="ct", input=str(phantom), options={**TINY, "views": 20, "sigma": 3.0},
-                                 out=str(base / "ct")))["out"])
+    out["ct"] = Path(run(FitSpec(kind="ct", input=str(phantom), out=str(base / "ct"),
+                                 options={**TINY, "steps": 200, "views": 20, "sigma": 3.0}))["out"])
     out["mri"] = Path(run(FitSpec(kind="mri", input=str(_volume(base / "brain3.npy", 3)),
                                   options={**TINY, "sigma": 3.0}, out=str(base / "mri")))["out"])
     out["sweep"] = Path(run(SweepSpec(kind="image", input=str(image), options={**TINY, "steps": 30},
@@ -262,7 +262,8 @@ def _check_page(page) -> None:
         src = page.eval_on_selector("img[data-side=right]", "i => i.src")
         page.eval_on_selector("[data-z]", "s => { s.value = 1; s.dispatchEvent(new Event('input')); }")
         assert page.eval_on_selector("img[data-side=right]", "i => i.src") != src
-        page.eval_on_selector("[data-z]", "s => { s.value = Math.floor(s.max / 2); s.dispatchEvent(new Event('input')); }")
+        page.eval_on_selector("[data-z]", "s => { s.value = Math.floor(s.max / 2); "
+                                          "s.dispatchEvent(new Event('input')); }")
 
 
 def _drawn_fraction(page, selector: str) -> float:
@@ -271,7 +272,8 @@ def _drawn_fraction(page, selector: str) -> float:
         const t = document.createElement('canvas'); t.width = c.width; t.height = c.height;
         const g = t.getContext('2d'); g.drawImage(c, 0, 0);
         const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
-        for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - 244) + Math.abs(d[i+1] - 245) + Math.abs(d[i+2] - 247) > 24) n++;
+        for (let i = 0; i < d.length; i += 4)
+            if (Math.abs(d[i] - 244) + Math.abs(d[i+1] - 245) + Math.abs(d[i+2] - 247) > 24) n++;
         return n / (c.width * c.height); }""")
 
 

@@ -8,7 +8,7 @@ import base64
 import html
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -77,10 +77,11 @@ def thumbnail_uri(path: Path, side: int = 120) -> str | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB") if img.mode not in ("RGB", "L") else img.copy()
-            if img.mode == "L" and img.getextrema()[1] > 255:  # 16-bit grayscale
-                img = img.point(lambda v: v / 256).convert("L")
+        with Image.open(path) as opened:
+            if opened.mode.startswith("I"):  # 16-bit grayscale: its top byte
+                img = opened.point(lambda v: v / 256).convert("L")
+            else:
+                img = opened.convert("RGB") if opened.mode not in ("RGB", "L") else opened.copy()
             img.thumbnail((side, side))
             buffer = io.BytesIO()
             img.save(buffer, format="JPEG", quality=80)
@@ -126,7 +127,7 @@ def key_values(items: Sequence[tuple[str, Any]]) -> str:
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
-def svg_chart(x: Sequence[float], series: dict[str, Sequence[float]], title: str, xlabel: str,
+def svg_chart(x: Sequence[float], series: Mapping[str, Sequence[float | None]], title: str, xlabel: str,
               ylabel: str, log: bool = False, width: int = 520, height: int = 300) -> str:
     """A line chart as inline SVG (no script): one line per series, a legend, axis ticks."""
     pad_l, pad_r, pad_t, pad_b = 58, 12, 26, 40

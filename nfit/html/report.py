@@ -195,9 +195,9 @@ def _read_curve(path: Path) -> tuple[list[str], list[dict[str, float]]]:
     try:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
-            rows = []
+            rows: list[dict[str, float]] = []
             for row in reader:
-                parsed = {}
+                parsed: dict[str, float] = {}
                 for k, v in row.items():
                     try:
                         parsed[k] = float(v)
@@ -220,9 +220,10 @@ def _curves(out_dir: Path, report: dict[str, Any]) -> str:
     loss_cols = [c for c in columns if c.endswith("_loss")]
     charts = []
     for name in names:  # one chart per metric: PSNR in dB and an IoU share no axis
-        charts.append(svg_chart(steps, {c.split("_")[0]: [r.get(c) for r in rows] for c in columns
-                                        if c.startswith(roles) and c.split("_", 1)[1] == name},
-                                f"{name.upper()} against steps", "step", name.upper() + (" (dB)" if name == "psnr" else "")))
+        lines = {c.split("_")[0]: [r.get(c) for r in rows] for c in columns
+                 if c.startswith(roles) and c.split("_", 1)[1] == name}
+        unit = " (dB)" if name == "psnr" else ""
+        charts.append(svg_chart(steps, lines, f"{name.upper()} against steps", "step", name.upper() + unit))
     if loss_cols:
         charts.append(svg_chart(steps, {c.replace("_", " "): [r.get(c) for r in rows] for c in loss_cols},
                                 "loss against steps (log scale)", "step", "loss", log=True))

@@ -259,9 +259,9 @@ def mesh_view(out_dir: Path, report: dict[str, Any]) -> str:
     centre, scale = (lo + hi) / 2, float(max((hi - lo).max() / 2, 1e-12))
     meshes: dict[str, Any] = {}
     too_big = []
-    for role, (v, f) in (("recon", (rec_v, rec_f)),
-                         ("truth", (truth.vertices, truth.faces) if truth is not None else (None, None))):
-        if v is None or len(f) == 0:
+    pairs = [("recon", rec_v, rec_f)] + ([("truth", truth.vertices, truth.faces)] if truth is not None else [])
+    for role, v, f in pairs:
+        if len(f) == 0:
             continue
         if len(f) > MAX_VIEWER_FACES:
             too_big.append(f"{ROLE_LABELS[role]} ({len(f):,} faces)")
