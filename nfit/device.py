@@ -104,3 +104,21 @@ def eval_chunk(device: torch.device) -> int:
     """Points per chunk when evaluating a trained field (``predict``, renders): one CPU
     slice, which the allocator reuses from chunk to chunk, or ``EVAL_CHUNK`` elsewhere."""
     return CPU_STEP_CHUNK if device.type == "cpu" else EVAL_CHUNK
+
+
+#: The whole-grid step of an operator objective keeps every slice's graph (one forward
+#: pass) while they fit in this many bytes, and above it recomputes each slice with a
+#: graph (two forward passes, one slice's graph at a time). A fixed figure, not the free
+#: memory, so a fit takes the same path on every machine.
+GRID_GRAPH_BYTES = 2 << 30
+
+
+def graph_bytes_per_row(width: int, depth: int, features: int, channels: int) -> int:
+    """Bytes one input row's activations and their gradients hold in a training step
+    (fp32 bound): 5 W per hidden layer, twice the features, 4 per output channel."""
+    return (5 * width * max(depth - 1, 0) + 2 * features + 4 * channels) * 4
+
+
+def keep_grid_graphs(points: int, k: int, width: int, depth: int, features: int, channels: int) -> bool:
+    """Whether a whole-grid step of K members on ``points`` keeps every slice's graph."""
+    return points * k * graph_bytes_per_row(width, depth, features, channels) <= GRID_GRAPH_BYTES

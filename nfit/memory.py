@@ -14,7 +14,8 @@ encoding.out_dim, W width, D depth, C channels):
                 activations and gradients of the rows in flight         R (5 W (D - 1) + 2 F + 4 C) 4
     one step, whole grid (operator objectives):
                 the grid's values, their gradient and the loss's copy    3 N 4
-                one slice's graph (the only one alive)                  R (5 W (D - 1) + 2 F + 4 C) 4
+                one slice's graph (the only one alive), or every        R (5 W (D - 1) + 2 F + 4 C) 4
+                slice's on a grid small enough to keep them all         (N in place of R)
                 the operators' intermediates                           ``OperatorObjective.operator_bytes``
     evaluation: one chunk of features and hidden values                 R_e (F + 2 W) 4
 
@@ -44,7 +45,7 @@ from pathlib import Path
 import torch
 
 from nfit.config import FitConfig
-from nfit.device import compute_dtype, resolve_device, slice_rows
+from nfit.device import compute_dtype, graph_bytes_per_row, keep_grid_graphs, resolve_device, slice_rows
 from nfit.errors import UsageError
 from nfit.feeds import build_feed
 from nfit.field import Field
@@ -98,10 +99,12 @@ def fit_bytes(problem: Problem, fld: Field, out_dim: int, cfg: FitConfig, precis
         cache = 0
     rows = slice_rows(k, device, cfg.width, precision)
     width, depth, channels = cfg.width, cfg.depth, out_dim
-    graph_per_row = (5 * width * max(depth - 1, 0) + 2 * features + 4 * channels) * 4
+    graph_per_row = graph_bytes_per_row(width, depth, features, channels)
     objective = problem.objective
     if isinstance(objective, OperatorObjective):
-        step = 3 * objective.points * 4 + rows * graph_per_row + objective.operator_bytes(1)
+        kept = keep_grid_graphs(objective.points, k, width, depth, features, channels)
+        step = 3 * objective.points * 4 + (objective.points if kept else rows) * graph_per_row \
+            + objective.operator_bytes(1)
         if not cache:
             step += rows * features * s
     else:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from nfit.config import FitConfig
-from nfit.device import autocast, compute_dtype, configure_matmul, slice_rows
+from nfit.device import autocast, compute_dtype, configure_matmul, keep_grid_graphs, slice_rows
 from nfit.errors import DivergenceError, UsageError
 from nfit.feeds import Feed, FeedContext, MemberRNG, Slice, build_feed
 from nfit.field import Field
@@ -169,14 +169,24 @@ def grid_values(members: Members, slices: list[Slice], device: torch.device, pre
 
 
 def operator_step(members: Members, slices: list[Slice], objective: OperatorObjective,
-                  device: torch.device, precision: str) -> dict[str, torch.Tensor]:
+                  device: torch.device, precision: str, keep_graphs: bool = False) -> dict[str, torch.Tensor]:
     """The whole-grid step: values without a graph, the loss and its gradient with respect
     to the values through the operator, then each slice again with a graph, back-propagating
-    its part of that gradient. Peak memory: one slice's graph and the (K, N) values."""
+    its part of that gradient. Peak memory: one slice's graph and the (K, N) values.
+
+    ``keep_graphs`` (small grids: ``nfit.device.keep_grid_graphs``): one forward pass that
+    keeps every slice's graph and one backward, the same gradient for a quarter less work."""
+    dtype = compute_dtype(precision)
+    if keep_graphs:
+        with autocast(device, precision):
+            values = torch.cat([members(s.read(members, dtype))[..., 0].float() for s in slices], dim=1)
+        loss = objective.loss(values)
+        loss.sum().backward()
+        return {"data": loss.detach()}
     values = grid_values(members, slices, device, precision).requires_grad_(True)
     loss = objective.loss(values)
     (grad,) = torch.autograd.grad(loss.sum(), values)
-    offset, dtype = 0, compute_dtype(precision)
+    offset = 0
     for s in slices:
         with autocast(device, precision):
             pred = members(s.read(members, dtype))[..., 0].float()
@@ -400,6 +410,10 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
     feed.start(ctx, raw=raw)
     evaluator.start(ctx, feed)
     resumer = Resumer(fields, members, optimizer, rng, device)
+    network = fields[0].network
+    keep_graphs = isinstance(objective, OperatorObjective) and keep_grid_graphs(
+        objective.points, k, int(getattr(network, "width", 0) or 0), int(getattr(network, "depth", 0) or 0),
+        fields[0].encoding.out_dim, 1)
 
     history: list[list[dict[str, float]]] = [[] for _ in range(k)]
     first, elapsed_before = 1, 0.0
@@ -454,7 +468,7 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
         optimizer.zero_grad(set_to_none=True)
         slices = feed.step(step)
         if isinstance(objective, OperatorObjective):
-            terms = operator_step(members, slices, objective, device, precision)
+            terms = operator_step(members, slices, objective, device, precision, keep_graphs)
         else:
             terms = pointwise_step(members, slices, objective, device, precision)
         recent = _sum_terms(terms)
