@@ -15,9 +15,10 @@ draws without JAX, and the phantom is computed as the notebook computed it: ``E`
 JAX float32 array, so phantominator's ellipse test runs in float32 (JAX's operators take
 over from numpy's) and each grey value is added in float32. Of the 480 perturbed
 parameters, 477 equal JAX's and 3 differ in the last place (XLA's float32 erfinv), which
-moves no pixel: at 64^2 and 512^2 the 8 images equal, bit for bit, those of JAX (``jax_threefry_partitionable`` off, as JAX then
-was) and phantominator 0.7 on a CPU; the float64 phantominator differs in 1 of 2,097,152
-pixels, so a last-place difference in the arithmetic moves at most a pixel or so.
+moves no pixel: at 64^2 and 512^2 the 8 images equal, bit for bit, those of JAX
+(``jax_threefry_partitionable`` off, as JAX then was) and phantominator 0.7 on a CPU.
+The same parameters through phantominator in float64 change 1 pixel of 2,097,152 at
+512^2, so a last-place difference elsewhere (another JAX, a GPU) moves a pixel or so.
 """
 
 from __future__ import annotations

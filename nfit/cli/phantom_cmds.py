@@ -27,8 +27,14 @@ def phantom(
     from nfit.errors import UsageError
     from nfit.formats.images import write_image
     from nfit.io import atomic_path, atomic_write_json
-    from nfit.phantoms import PAPER_KEY, PAPER_TEST_DRAWS, PERTURBATION, PHANTOMS, paper_shepp_logan, \
-        perturbed_shepp_logan
+    from nfit.phantoms import (
+        PAPER_KEY,
+        PAPER_TEST_DRAWS,
+        PERTURBATION,
+        PHANTOMS,
+        paper_shepp_logan,
+        perturbed_shepp_logan,
+    )
 
     with handle_errors():
         if name not in PHANTOMS:
