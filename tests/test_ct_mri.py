@@ -261,6 +261,11 @@ def test_bad_inputs_one_line_right_code_nothing_written(tmp_path: Path, phantom3
     _bad(tmp_path, ["sweep", "ct", str(phantom32), "--sigma", "1,2"], 2, "validation")
     result = CliRunner().invoke(app, ["kernel", "ct", str(phantom32), "--out", str(tmp_path / "never"), "--quiet"])
     assert result.exit_code == 2 and "measurement operator" in result.output and not (tmp_path / "never").exists()
+    for args, words in ((["--paper", "--count", "3"], "drop --count"), (["--paper", "--size", "1"], "--size >= 2")):
+        result = CliRunner().invoke(app, ["phantom", "shepp", *args, "--out", str(tmp_path / "never")])
+        lines = [line for line in result.output.strip().splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and words in lines[0], result.output
+        assert not (tmp_path / "never").exists()
 
 
 def test_paper_protocol_sets_the_recipe_per_encoding() -> None:

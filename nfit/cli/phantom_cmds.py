@@ -41,6 +41,8 @@ def phantom(
             raise UsageError(f"unknown phantom {name!r}; choose {', '.join(PHANTOMS)}")
         if paper and (count is not None or seed is not None):
             raise UsageError("--paper writes the paper's 8 test phantoms; drop --count and --seed")
+        if size > 16_384:
+            raise UsageError(f"--size {size} is more than 16,384 pixels per side")
         if paper:
             if size < 2:
                 raise UsageError(f"need --size >= 2, got {size}")
