@@ -58,6 +58,22 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def parse_batch(text: str | int) -> int | None:
+    """``--batch`` as a number: None for auto, 0 for the full batch, else points per step."""
+    value = str(text).strip().lower()
+    if value in ("auto", "0"):
+        return None
+    if value == "full":
+        return 0
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not (number >= 1 and number == int(number)):
+        raise UsageError(f"--batch must be auto, full or a positive number of points, got {text!r}")
+    return int(number)
+
+
 def _group(name: str, cli: bool = True, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Field metadata: the option's group, whether it is a flag, the signal kinds that read it."""
     return {"group": name, "cli": cli, "kinds": kinds}
@@ -103,13 +119,15 @@ class FitConfig:
     protocol: str | None = None
     """a published recipe for this kind, set under the flags given: paper (the paper's lr per encoding, sigma, steps, full batch, constant rate)"""
 
-    # Schedule, batch rule, budgets and storage (nfit.schedules; the batch rule: batch_points).
+    # Optimizer, schedule, budgets and storage (nfit.train, nfit.schedules; --batch: nfit.feeds).
     schedule: str = "constant"
     """learning-rate schedule: constant, cosine (from --lr down to 0 over the fit) or exp (x0.1 every --decay-steps)"""
     warmup: float = 0.0
     """warm-up: the rate rises linearly from 0 over this fraction of the fit (0 = none; 0.05 is usual with cosine)"""
     decay_steps: int = 0
     """exp schedule: steps per x0.1 of the rate (0 = the whole fit)"""
+    optimizer: str = "adam"
+    """adam, or sgd (plain gradient descent, as the kernel studies' predictions assume)"""
     time_budget: str | None = None
     """stop when this much training time is spent (300, 90s, 5m, 1h30m), then write every output; with it --steps is only a cap"""
     target_psnr: float | None = None
@@ -156,6 +174,8 @@ class FitConfig:
     """sdf: points of each held-out set scored during training (default 20000)"""
     metric_points: int | None = field(default=None, metadata=_group("mesh", cli=False, kinds=MESH))
     """sdf: points of the final IoU, Chamfer and F-score (default 100000)"""
+    eikonal: float | None = field(default=None, metadata=_group("mesh", kinds=MESH))
+    """sdf: weight of the eikonal term mean (|grad f| - 1)^2 added to the loss (a signed distance has a unit gradient; Fourier or plain encodings; default 0 = off)"""
 
     views: int | None = field(default=None, metadata=_group("ct", kinds=CT))
     """ct: projections simulated from the image, evenly spaced over [0, 180) degrees (default 20)"""
@@ -186,28 +206,8 @@ class FitConfig:
         return dataclasses.asdict(self)
 
     def batch_size(self) -> int | None:
-        """--batch as a number: None for auto, 0 for the full batch, else the points per step."""
-        if self.batch in ("auto", "0"):
-            return None
-        if self.batch == "full":
-            return 0
-        try:
-            value = float(self.batch)
-        except ValueError:
-            value = -1.0
-        if not (value >= 1 and value == int(value)):
-            raise UsageError(f"--batch must be auto, full or a positive number of points, got {self.batch!r}")
-        return int(value)
-
-    def batch_points(self, n: int) -> int:
-        """Points per step for a training set of n fixed points; 0 means the full batch.
-
-        auto: the full batch up to AUTO_FULL_BATCH points, random minibatches of
-        AUTO_MINIBATCH beyond (README: how they were measured)."""
-        size = self.batch_size()
-        if size is None:
-            size = 0 if n <= AUTO_FULL_BATCH else AUTO_MINIBATCH
-        return size if 0 < size < n else 0
+        """--batch as a number (``parse_batch``); what it means is the feed's (``nfit.feeds``)."""
+        return parse_batch(self.batch)
 
     def time_budget_s(self) -> float | None:
         """--time-budget in seconds (None without one)."""
@@ -251,9 +251,10 @@ class FitConfig:
         if self.features < 1 or self.width < 1 or self.depth < 1:
             raise UsageError("--features, --width and --depth must be at least 1")
         self.batch_size()
-        from nfit.schedules import check_schedule
+        from nfit.schedules import check_optimizer, check_schedule
 
         check_schedule(self.schedule, self.warmup, self.decay_steps)
+        check_optimizer(self.optimizer)
         self.time_budget_s()
         if self.target_psnr is not None and not math.isfinite(self.target_psnr):
             raise UsageError(f"--target-psnr must be a number of dB, got {self.target_psnr}")

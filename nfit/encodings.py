@@ -17,6 +17,7 @@ with ``a_j = 1``. ``--sigma`` is the scale of B's distribution for every family.
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any, ClassVar
 
@@ -26,7 +27,46 @@ from torch import nn
 from nfit.catalog import ENCODING_FACTS
 from nfit.errors import UsageError
 
-ENCODINGS: dict[str, type[Encoding]] = {}
+
+class _Registry(dict):  # type: ignore[type-arg]
+    """Encodings by name. The first lookup imports every module the catalog names as an
+    implementation (the grids live in ``nfit.grids``, which imports this module: a static
+    import back would be a cycle)."""
+
+    loaded = False
+
+    def _load(self) -> None:
+        if not self.loaded:
+            self.loaded = True
+            for module in dict.fromkeys(f.implementation for f in ENCODING_FACTS.values()):
+                importlib.import_module(module)
+
+    def __getitem__(self, key: str) -> type[Encoding]:
+        self._load()
+        return super().__getitem__(key)  # type: ignore[no-any-return]
+
+    def __contains__(self, key: object) -> bool:
+        self._load()
+        return super().__contains__(key)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self._load()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._load()
+        return super().__len__()
+
+    def items(self):  # type: ignore[no-untyped-def, override]
+        self._load()
+        return super().items()
+
+    def values(self):  # type: ignore[no-untyped-def, override]
+        self._load()
+        return super().values()
+
+
+ENCODINGS: dict[str, type[Encoding]] = _Registry()
 
 
 def register(name: str):
@@ -247,6 +287,3 @@ def build_encoding(spec: dict[str, Any], in_dim: int) -> Encoding:
     except TypeError as exc:
         raise UsageError(f"bad parameters for encoding {name!r}: {exc}") from None
 
-
-# Grid encodings live in their own module and register themselves on import.
-from nfit import grids as _grids  # noqa: E402,F401

@@ -15,7 +15,6 @@ from nfit.cli import app
 from nfit.errors import UsageError
 from nfit.operators import KSpaceOperator, RotationProjector, paper_angles, parse_angles, variable_density_mask
 from nfit.phantoms import perturbed_shepp_logan
-from nfit.signals.measure import Measurement, MeasurementObjective
 
 TINY = ["--width", "64", "--depth", "3", "--features", "64", "--precision", "fp32", "--device", "cpu",
         "--eval-every", "50", "--quiet"]
@@ -109,24 +108,101 @@ def test_variable_density_mask_is_the_papers() -> None:
         assert abs(centred[box].mean() - paper[box].mean()) < 0.01
 
 
-def test_objective_in_slices_equals_the_whole_loss_and_gradient() -> None:
-    n = 16
-    proj = RotationProjector(n, paper_angles(5), "paper")
-    truth = torch.rand(1, n * n, generator=torch.Generator().manual_seed(1))
-    objective = MeasurementObjective(n * n, {"train": Measurement(proj, proj(truth)[0])})
-    pred = torch.rand(2, n * n, 1, requires_grad=True)
-    tags = objective.tags("train")
-    total = torch.zeros(2)
-    for start in range(0, n * n, 100):  # the loop's slices, weighted by their share
-        part = pred[:, start:start + 100]
-        loss = objective.loss(part, tags[start:start + 100]) * (part.shape[1] / (n * n))
-        loss.sum().backward()
-        total += loss.detach()
-    whole = ((proj(pred.detach()[..., 0]) - proj(truth)) ** 2).mean(dim=(1, 2))
-    assert torch.allclose(total, whole, rtol=1e-5)
-    ref = pred.detach().clone().requires_grad_(True)
-    ((proj(ref[..., 0]) - proj(truth)) ** 2).mean(dim=(1, 2)).sum().backward()
-    assert torch.allclose(pred.grad, ref.grad, rtol=1e-4, atol=1e-9)
+@pytest.mark.parametrize("operator", ["ct", "mri"])
+def test_whole_grid_step_gradient_equals_the_full_graph_gradient(operator: str) -> None:
+    """The operator step (values without a graph, the gradient through the operator, then
+    slice by slice with a graph) gives the full-graph gradient of every member's weights."""
+    from nfit.config import FitConfig
+    from nfit.device import slice_rows
+    from nfit.feeds import FeedContext, GridFeed, MemberRNG
+    from nfit.field import build_field
+    from nfit.objectives import Measurement, OperatorObjective
+    from nfit.signals.grid import grid_coords
+    from nfit.stack import Members
+    from nfit.train import operator_step
+
+    g = torch.Generator().manual_seed(3)
+    shape: tuple[int, ...]
+    if operator == "ct":
+        shape, n = (16, 16), 16
+        proj = RotationProjector(n, paper_angles(5), "paper")
+        sets = {"train": Measurement(proj, proj(torch.rand(1, n * n, generator=g))[0], 1.0, 0.5)}
+    else:
+        shape = (6, 8, 5)
+        op = KSpaceOperator(np.random.default_rng(0).random(shape) < 0.4)
+        sets = {"train": Measurement(op, op(torch.rand(1, *shape, generator=g).double())[0].to(torch.complex64))}
+    objective = OperatorObjective(shape, sets)
+    cfg = FitConfig(width=32, depth=3, features=16, sigma=3.0)
+    fields = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        spec = {"in_dim": len(shape), "out_dim": 1, "encoding": {**cfg.encoding_spec(), "seed": seed},
+                "network": cfg.network_spec()}
+        fields.append(build_field(spec))
+    members = Members(fields)
+    coords = grid_coords(shape)
+    feed = GridFeed(coords)
+    # slices of 37 rows: many, and the last one short
+    cpu = torch.device("cpu")
+    feed.start(FeedContext(members, cpu, torch.float32, 37, True, MemberRNG([0, 1], cpu)))
+    assert len(feed.step(1)) > 3
+    terms = operator_step(members, feed.step(1), objective, torch.device("cpu"), "fp32")
+    got = [p.grad.clone() for p in members.parameters()]
+
+    ref = Members(fields)
+    values = ref(ref.prepare(coords, torch.float32))[..., 0]  # one graph over the whole grid
+    loss = objective.loss(values)
+    loss.sum().backward()
+    assert torch.allclose(terms["data"], loss.detach(), rtol=1e-5)
+    for a, b in zip(got, [p.grad for p in ref.parameters()], strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7 * float(b.abs().max()))
+    assert slice_rows(2, torch.device("cpu")) < len(coords) * 40  # sanity: the cap is a slice, not the grid
+
+
+def test_measurement_fit_scores_held_out_sets_above_the_subset_threshold(tmp_path: Path, monkeypatch) -> None:
+    """A measurement fit whose grid is larger than the thresholds at which held-out sets are
+    subsampled trains, evaluates every step and scores the whole grid (the crash of a 96^3
+    MRI or a 1024^2 CT at its first evaluation, at test size)."""
+    import nfit.train as train_mod
+
+    monkeypatch.setattr(train_mod, "EVAL_FULL_MAX", 256)
+    monkeypatch.setattr(train_mod, "EVAL_SUBSET", 128)
+    rng = np.random.default_rng(0)
+    vol = np.zeros((12, 12, 12), dtype=np.float32)
+    vol[3:9, 4:8, 2:10] = 0.8
+    vol += 0.1 * rng.random(vol.shape).astype(np.float32)
+    path = tmp_path / "vol.npy"
+    np.save(path, vol)
+    out = tmp_path / "mri"
+    result = CliRunner().invoke(app, ["mri", str(path), *TINY, "--steps", "6", "--eval-every", "1",
+                                      "--held-out", "0.2", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {"train", "val", "test"} <= set(report) and report["test"]["psnr"] > 5
+    rows = (out / "curve.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["step", "train_loss", "train_psnr"] and len(rows) == 7
+    header = rows[0].split(",")
+    last = dict(zip(header, map(float, rows[-1].split(",")), strict=True))
+    # the curve's held-out scores are the whole grid's: the last one is the report's value
+    assert last["val_psnr"] == pytest.approx(report["val"]["psnr"], abs=0.05)
+    assert last["test_psnr"] == pytest.approx(report["test"]["psnr"], abs=0.05)
+
+
+def test_ct_curve_and_report_give_the_same_training_psnr(tmp_path: Path, phantom32: Path) -> None:
+    """One definition per metric: the curve's train_psnr (the step's loss, in image units)
+    and the report's (the fitted projections after the last step) are the same quantity,
+    so they agree at the end of a converging fit."""
+    out = tmp_path / "ct"
+    result = CliRunner().invoke(app, ["ct", str(phantom32), *TINY, "--steps", "40", "--eval-every", "40",
+                                      "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    header, last = (line.split(",") for line in (out / "curve.csv").read_text().splitlines()[::40][:1] +
+                    (out / "curve.csv").read_text().splitlines()[-1:])
+    row = dict(zip(header, map(float, last), strict=True))
+    assert report["train"]["psnr"] > 15
+    assert row["train_psnr"] == pytest.approx(report["train"]["psnr"], abs=1.0)
+    assert "train" in report["psnr_on"]
 
 
 @pytest.fixture
@@ -428,7 +504,8 @@ def _paper_ct_loop(image: np.ndarray, b: np.ndarray, weights: list[tuple[np.ndar
     opt = torch.optim.Adam([p for pair in params for p in pair], lr=lr)
     for _ in range(iters):
         opt.zero_grad()
-        loss = 0.5 * torch.mean((torch.stack([ct_project(run_model(features), t) for t in thetas]) - y_train) ** 2)
+        image_now = run_model(features)  # compute_projs: ct_project_batch(run_model(params, x), thetas)
+        loss = 0.5 * torch.mean((torch.stack([ct_project(image_now, t) for t in thetas]) - y_train) ** 2)
         loss.backward()
         opt.step()
     with torch.no_grad():

@@ -17,15 +17,15 @@ from nfit.checkpoint import load_checkpoint
 from nfit.cli import app
 from nfit.config import AUTO_MINIBATCH, FitConfig, merge_config, parse_duration
 from nfit.errors import UsageError
+from nfit.field import predict
 from nfit.formats.images import read_image
-from nfit.memory import member_bytes
+from nfit.job import member_bytes
 from nfit.problem import Problem
 from nfit.schedules import lr_factor
 from nfit.signals.base import Task
 from nfit.signals.grid import grid_coords
 from nfit.sizing import count_parameters, size_to_params
 from nfit.spec import FitSpec
-from nfit.train import predict
 
 runner = CliRunner()
 
@@ -205,11 +205,11 @@ def test_resumed_cosine_fit_is_bit_identical(tiny_rgb: Path) -> None:
 
 
 def test_render_in_cpu_chunks_matches_one_chunk_and_the_fits_precision() -> None:
+    from nfit.device import eval_chunk
     from nfit.encodings import build_encoding
-    from nfit.field import Field
+    from nfit.field import Field, InPrecision
     from nfit.networks import build_network
     from nfit.signals.grid import render_grid
-    from nfit.train import InPrecision, eval_chunk
 
     torch.manual_seed(0)
     enc = build_encoding({"type": "gauss", "sigma": 4.0, "features": 16, "seed": 0}, 2)

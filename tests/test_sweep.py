@@ -17,7 +17,8 @@ from nfit.checkpoint import load_checkpoint
 from nfit.cli import app
 from nfit.config import FitConfig
 from nfit.errors import UsageError
-from nfit.memory import member_bytes, plan_groups
+from nfit.job import member_bytes
+from nfit.memory import plan_groups
 from nfit.signals import Task
 from nfit.signals.grid import interleaved_split
 from nfit.signals.image import grid_problem

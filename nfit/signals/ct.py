@@ -22,8 +22,8 @@ The paper protocol (Tancik et al. 2020, ``Experiments/2d_CT``, line for line): 5
 perturbed Shepp-Logan phantoms (``nfit phantom shepp --paper``: the paper's own 8),
 20 views at ``linspace(0, pi, 21)[:-1]``, the notebook's nearest-neighbour rotate-and-
 mean projector (``--projector paper``, with the notebook's float32 angles), the loss
-0.5 mean (A f - y)^2 over views and bins (the paper projector carries the 0.5: its
-measurements are scaled by sqrt(0.5), the scores are not), full-batch Adam at lr 1e-2
+0.5 mean (A f - y)^2 over views and bins (the paper projector's measurements weigh 0.5
+in the loss; the scores are not weighted), full-batch Adam at lr 1e-2
 for none and basic, 1e-3 with posenc and gauss, the test PSNR on the clipped image
 against the phantom; 976 steps, because the notebook runs 1000 updates but its table
 reads the last evaluation, taken after update 976 (it evaluates after the update at
@@ -32,7 +32,6 @@ step i when i % 25 == 0): the last 24 updates never reach the table.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,12 +47,12 @@ from nfit.formats.images import IMAGE_WRITE_EXTENSIONS, write_image
 from nfit.io import atomic_path
 from nfit.metrics import psnr_from_mse, ssim
 from nfit.operators import PROJECTORS, RotationProjector, detector_square, fbp, paper_angles, paper_thetas, parse_angles
-from nfit.plots import _figure, _save, plot_curve, write_curve_csv
+from nfit.plots import _figure, _save
 from nfit.problem import FitResult
 from nfit.signals.base import KindFromFacts, Task
 from nfit.signals.grid import render_grid
 from nfit.signals.image import IMAGE, load_image, parse_size
-from nfit.signals.measure import Measurement, measurement_problem, require_full_batch
+from nfit.signals.measure import Measurement, measurement_problem
 
 DEFAULT_VIEWS = CT_VIEWS
 
@@ -233,7 +232,7 @@ def _prepare_data(path: Path, cfg: FitConfig) -> CTData:
                   (int(shape[0]), int(shape[1])), (int(offset[0]), int(offset[1])), thetas)
 
 
-#: the paper's loss is 0.5 mean (A f - y)^2: its projector's measurements carry sqrt(0.5)
+#: the paper's loss is 0.5 mean (A f - y)^2: the weight of its projector's measurements
 PAPER_LOSS_FACTOR = 0.5
 
 
@@ -257,27 +256,22 @@ class CTKind(KindFromFacts):
     name = "ct"
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
-        require_full_batch(self.name, cfg)
         data = _prepare_data(path, cfg)
         n = data.n
         train = data.projector_for(data.train_views)
         # scored in image units: a sum over N pixels is N times a mean
         score = 1.0 if data.projector == "paper" else 1.0 / n ** 2
-        factor = PAPER_LOSS_FACTOR if data.projector == "paper" else 1.0
+        weight = PAPER_LOSS_FACTOR if data.projector == "paper" else 1.0
 
         def measure(proj: RotationProjector, views: np.ndarray) -> Measurement:
-            data_t = torch.from_numpy(data.sinogram[views] / data.scale)
-            if factor == 1.0:
-                return Measurement(proj, data_t, score)
-            root = math.sqrt(factor)
-            return Measurement(lambda p: proj(p) * root, data_t * root, score / factor)
+            return Measurement(proj, torch.from_numpy(data.sinogram[views] / data.scale), score, weight)
 
         sets = {"train": measure(train, data.train_views)}
         if len(data.held_views):
             sets["val"] = measure(data.projector_for(data.held_views), data.held_views)
         if data.truth is not None:
             sets["test"] = _test_set(data)
-        problem = measurement_problem((n, n), sets)
+        problem = measurement_problem((n, n), sets, self.name)
         meta = {"kind": self.name, "source": data.source, "shape": [n, n], "channels": "L", "bit_depth": 16,
                 "projector": data.projector, "angles": [float(a) for a in data.angles],
                 "train_views": data.train_views.tolist(), "held_out_views": data.held_views.tolist(),
@@ -290,16 +284,16 @@ class CTKind(KindFromFacts):
             meta["offset"] = list(data.offset)
             meta["padding"] = (f"the {data.shape[1]}x{data.shape[0]} slice zero-padded to the {n}x{n} square "
                                "the detector spans (as radon(circle=False)); scored and written at its own size")
-        return Task(self.name, 2, 1, problem, meta, context={"data": data, "train": train})
+        return Task(self.name, 2, 1, problem, meta, state=data)
 
     def write_outputs(self, task: Task, result: FitResult, out_dir: Path) -> dict[str, Any]:
-        data: CTData = task.context["data"]
+        data: CTData = task.state
         n = data.n
         device = next(result.field.parameters()).device
         grid = render_grid(result.field, (n, n), 1, device=device).numpy()[..., 0]
         recon = data.crop(grid)
         write_image(out_dir / "recon.png", np.clip(recon, 0, 1), 16)
-        files = ["recon.png", "fbp.png", "sinogram.png", "curve.csv", "curve.png"]
+        files = ["recon.png", "fbp.png", "sinogram.png"]
         if data.scale != 1.0:
             with atomic_path(out_dir / "recon.npy") as tmp:
                 np.save(tmp, (recon * data.scale).astype(np.float32))
@@ -309,8 +303,6 @@ class CTKind(KindFromFacts):
         baseline = data.crop(fbp(data.sinogram[data.train_views], data.angles[data.train_views], data.projector))
         write_image(out_dir / "fbp.png", np.clip(baseline / data.scale, 0, 1), 16)
         plot_sinograms(out_dir / "sinogram.png", data.sinogram, predicted, data.held_views)
-        write_curve_csv(out_dir / "curve.csv", result.history)
-        plot_curve(out_dir / "curve.png", result.history, "psnr", title=Path(data.source).name)
         test_on = "the field on the whole N x N grid against the ground truth, clipped to [0, 1]"
         if data.shape != (n, n):
             test_on = (f"the field on the slice's own {data.shape[1]}x{data.shape[0]} pixels (inside the {n}x{n} "

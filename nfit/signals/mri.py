@@ -16,8 +16,8 @@ orthonormal DFT: divided by N). The zero-filled inverse FFT of the training samp
 the classical baseline.
 
 The loss is the paper's, 0.5 mean over the whole k-space grid of |F(f) mask - y|^2
-(unsampled entries count 0): the measurements carry sqrt(0.5 M / N) (M sampled of N),
-the scores are not scaled by it.
+(unsampled entries count 0): the training set's weight is 0.5 M / N (M sampled of N);
+the scores are per sample.
 
 The paper protocol (``Experiments/3d_MRI``, line for line where the data allow): an 8-bit
 volume divided by 255 (the notebook's ``/255.0`` on ATLAS; other types keep nfit's
@@ -46,13 +46,13 @@ from nfit.field import Field
 from nfit.formats.volumes import MAX_VOXELS, VOLUME_EXTENSIONS, from_unit, scaled_affine, write_volume
 from nfit.metrics import psnr_from_mse, ssim
 from nfit.operators import PAPER_KEY, PAPER_MASK_DRAWS, KSpaceOperator, paper_mri_mask, variable_density_mask
-from nfit.plots import _figure, _save, plot_curve, write_curve_csv
+from nfit.plots import _figure, _save
 from nfit.problem import FitResult
 from nfit.signals.base import KindFromFacts, Task
 from nfit.signals.ct import parse_noise
 from nfit.signals.grid import render_grid
 from nfit.signals.image import parse_size
-from nfit.signals.measure import Measurement, measurement_problem, require_full_batch
+from nfit.signals.measure import Measurement, measurement_problem
 from nfit.signals.volume import VOLUME, load_volume, mid_slices, plot_volume_slices
 
 DEFAULT_FRACTION = MRI_FRACTION
@@ -235,7 +235,6 @@ class MRIKind(KindFromFacts):
     name = "mri"
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
-        require_full_batch(self.name, cfg)
         data = _prepare_data(path, cfg)
         n = math.prod(data.shape)
 
@@ -250,7 +249,7 @@ class MRIKind(KindFromFacts):
         if data.truth is not None:
             # scored on the clipped volume, as the paper scores it
             sets["test"] = Measurement(lambda p: p.clamp(0.0, 1.0), torch.from_numpy(data.truth.reshape(-1)))
-        problem = measurement_problem(data.shape, sets)
+        problem = measurement_problem(data.shape, sets, self.name)
         meta = {"kind": self.name, "source": data.source, "shape": list(data.shape), "channels": 1,
                 "loss": "0.5 mean over the whole k-space grid of |F(f) mask - y|^2 (the paper's)",
                 **data.meta, "samples": len(data.index), "sampled_fraction": len(data.index) / n,
@@ -260,10 +259,10 @@ class MRIKind(KindFromFacts):
                 "test_points": n if data.truth is not None else 0}
         if data.scale != 1.0:
             meta["range"] = [0.0, data.scale]
-        return Task(self.name, 3, 1, problem, meta, context={"data": data})
+        return Task(self.name, 3, 1, problem, meta, state=data)
 
     def write_outputs(self, task: Task, result: FitResult, out_dir: Path) -> dict[str, Any]:
-        data: MRIData = task.context["data"]
+        data: MRIData = task.state
         meta = task.meta
         device = next(result.field.parameters()).device
         recon = np.clip(render_grid(result.field, data.shape, 1, device=device).numpy()[..., 0], 0, 1)
@@ -283,9 +282,7 @@ class MRIKind(KindFromFacts):
         if data.truth is not None:
             plot_volume_slices(out_dir / "slices.png", mid_slices(data.truth[..., None]),
                                mid_slices(recon[..., None]), title=Path(data.source).name)
-        write_curve_csv(out_dir / "curve.csv", result.history)
-        plot_curve(out_dir / "curve.png", result.history, "psnr", title=Path(data.source).name)
-        files = ["recon.nii.gz", "zerofill.nii.gz", "kspace.png", "curve.csv", "curve.png"]
+        files = ["recon.nii.gz", "zerofill.nii.gz", "kspace.png"]
         extra: dict[str, Any] = {
             "psnr_on": {"train": "fitted k-space samples (image units: orthonormal DFT)",
                         "val": "held-out k-space samples (image units)",
@@ -313,14 +310,8 @@ PAPER_LOSS_FACTOR = 0.5
 
 def _whole_grid_mean(m: Measurement, sampled: int, n: int) -> Measurement:
     """The paper's loss, 0.5 x the residual's mean over all N grid entries = its mean over
-    the sampled ones times 0.5 sampled / N; scores stay per sample (in image units)."""
-    forward, factor = m.forward, math.sqrt(PAPER_LOSS_FACTOR * sampled / n)
-    data = m.data * factor
-
-    def scaled(pred: torch.Tensor) -> torch.Tensor:
-        return forward(pred) * factor
-
-    return Measurement(scaled, data, m.score_scale / factor ** 2)
+    the sampled ones weighted by 0.5 sampled / N; scores stay per sample (in image units)."""
+    return Measurement(m.forward, m.data, m.score_scale, weight=PAPER_LOSS_FACTOR * sampled / n)
 
 
 def plot_kspace(path: Path, data: MRIData, predicted: np.ndarray) -> None:
