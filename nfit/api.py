@@ -203,7 +203,7 @@ def _run_kernel(spec: KernelSpec, reporter: Reporter) -> dict[str, Any]:
     opts = KernelOptions(points=spec.points, test_points=spec.test_points, steps=spec.steps, lr=lr,
                          eval_every=spec.eval_every, ridge=spec.ridge).validate()
     out_dir = resolve_out_dir(Path(spec.out) if spec.out else None, spec.default_out, spec.force)
-    report = kernel_file(spec.kind, spec.input, cfgs, opts, out_dir, on_encoding=reporter.study)
+    report = kernel_file(spec.kind, spec.input, cfgs, opts, out_dir, on_encoding=reporter.study, html=spec.html)
     report["out"] = str(out_dir)
     return report
 

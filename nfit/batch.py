@@ -34,6 +34,7 @@ from typing import Any
 
 from nfit.config import OPTIONS, check_keys, coerce_option
 from nfit.errors import UsageError
+from nfit.html import write_batch_index
 from nfit.io import atomic_write_json, atomic_write_text, json_safe
 from nfit.metrics import mean_std
 from nfit.spec import FitSpec, JobSpec, SweepSpec, spec_from_dict
@@ -574,6 +575,9 @@ def write_tables(batch: Batch) -> dict[str, Any]:
     atomic_write_text(batch.out / "table.csv", _csv_text(columns, summary))
     if any(m in e for e in summary for m in shown):
         plot_table(batch.out / "table.png", rows, shown)
+    # index.html: the jobs' rows and the table above as one page
+    write_batch_index(batch.out, {j.name: j for j in batch.jobs}, rows, metrics, chosen, shown, summary,
+                      executor=str(getattr(batch, "executor", "")))
     return {"rows": rows, "metrics": shown, "summary": summary}
 
 

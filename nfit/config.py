@@ -33,13 +33,6 @@ from nfit.errors import UsageError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "tf32")
 STORES = ("fp32", "fp16", "bf16")
-#: --batch auto: the full batch up to this many training points (the paper split's 256^2),
-#: random minibatches beyond. Measured (bench/bench_defaults.py, kodim08 whole, equal points
-#: evaluated): minibatches of 2^16 beat 2^17 by 2 dB, which beat 2^18 and the full batch;
-#: on a CPU a step's cost is linear in its points, so smaller steps buy more updates.
-AUTO_FULL_BATCH = 1 << 16
-#: --batch auto: points per step of the random minibatches of a larger training set
-AUTO_MINIBATCH = 1 << 16
 #: --steps when a --time-budget is given without one: the budget decides
 BUDGET_STEP_CAP = 1_000_000
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")

@@ -15,7 +15,7 @@ encoding.out_dim, W width, D depth, C channels):
     one step, whole grid (operator objectives):
                 the grid's values, their gradient and the loss's copy    3 N 4
                 one slice's graph (the only one alive)                  R (5 W (D - 1) + 2 F + 4 C) 4
-                the operators and their intermediates                  ``OperatorObjective.operator_bytes``
+                the operators' intermediates                           ``OperatorObjective.operator_bytes``
     evaluation: one chunk of features and hidden values                 R_e (F + 2 W) 4
 
 B = the feed's points per step (the batch, a sampler's draw, or the full training set);

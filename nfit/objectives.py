@@ -266,14 +266,11 @@ class OperatorObjective:
         return psnr_from_mse(terms["data"] / train.weight * train.score_scale)
 
     def operator_bytes(self, k: int) -> int:
-        """Bytes the operators hold or make per step beyond the grid's values: each set's
-        own ``nbytes`` (a projector's sparse matrices) and about three times its
-        measurements' size per member (forward, residual, adjoint)."""
-        total = 0
-        for m in self.sets.values():
-            total += int(getattr(m.forward, "nbytes", 0))
-            total += 3 * k * m.data.numel() * max(m.data.element_size(), 4)
-        return total
+        """Bytes the operators make per step beyond the grid's values: about three times
+        each set's measurements per member (forward, residual, adjoint). The operators
+        themselves (a projector's sparse matrices) are built with the problem, like the
+        signal, and are not counted."""
+        return sum(3 * k * m.data.numel() * max(m.data.element_size(), 4) for m in self.sets.values())
 
     def to_dict(self) -> dict[str, Any]:
         return {"loss": self.name, "metric": self.metric, "select": self.select,

@@ -203,12 +203,6 @@ class RotationProjector:
     def views(self) -> int:
         return len(self.angles)
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the two sparse matrices (A and its transpose: int64 indices, fp32 values)."""
-        return sum(m.crow_indices().numel() * 8 + m.col_indices().numel() * 8 + m.values().numel() * 4
-                   for m in (self.a, self.a_t))
-
     def to(self, device: torch.device) -> RotationProjector:
         if self.a.device != device:
             self.a, self.a_t = self.a.to(device), self.a_t.to(device)

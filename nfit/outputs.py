@@ -1,5 +1,6 @@
 """One output writer for every fit: the kind's own files, then the training curve, the
-checkpoint, ``config.yaml`` and ``report.json`` (last: its presence means the fit finished).
+checkpoint, ``config.yaml``, ``report.html`` (``nfit.html``; ``--no-html`` turns it off)
+and ``report.json`` (last: its presence means the fit finished).
 
 Sweeps and batches write each member's folder through ``write_results`` too, so every fit
 folder has the same files with the same meaning: ``curve.csv`` (one row per evaluation:
@@ -19,6 +20,7 @@ import yaml
 from nfit import __version__
 from nfit.checkpoint import save_checkpoint
 from nfit.config import FitConfig
+from nfit.html import write_html_report
 from nfit.io import atomic_write_json, atomic_write_text
 from nfit.job import REPORT_FILE
 from nfit.objectives import OperatorObjective
@@ -115,6 +117,7 @@ def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     report["files"] = sorted(set(report.get("files", [])) |
                              {"model.safetensors", "config.yaml", "report.json"})
+    write_html_report(out_dir, report)  # report.html: every output above is written
     atomic_write_json(out_dir / REPORT_FILE, report)
     return report
 

@@ -48,6 +48,7 @@ from nfit.device import resolve_device, resolve_precision
 from nfit.encodings import ENCODINGS, build_encoding, encoding_names
 from nfit.errors import DivergenceError, UsageError
 from nfit.field import Field
+from nfit.html import write_html_report
 from nfit.io import atomic_write_bytes, atomic_write_json
 from nfit.job import member_bytes
 from nfit.memory import memory_budget, plan_groups
@@ -545,4 +546,5 @@ def write_sweep(kind: str, task: Task, base: FitConfig, result: SweepResult,
                              {"sweep.csv", "sweep.png", "sweep.json"})
     report["out"] = str(out_dir)
     atomic_write_json(out_dir / "sweep.json", report)
+    write_html_report(out_dir, report)  # the sweep's page over the chosen member's
     return report

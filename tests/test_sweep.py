@@ -115,8 +115,7 @@ def _band_limited_task(n: int = 64) -> Task:
     v = 0.5 + 0.2 * torch.sin(2 * math.pi * (2 * x + y)) + 0.2 * torch.cos(2 * math.pi * 3 * y)
     split = interleaved_split((n, n))
     problem = grid_problem(v.reshape(-1, 1).float(), (n, n), split)
-    return Task("image", 2, 1, problem, {"kind": "image", "shape": [n, n]},
-                context={"split": split})
+    return Task("image", 2, 1, problem, {"kind": "image", "shape": [n, n]})
 
 
 SYNTH = dict(features=32, width=32, depth=3, steps=150, lr=1e-2, device="cpu",

@@ -30,6 +30,7 @@ from nfit.analysis.spectral_bias import run_spectral_bias
 from nfit.analysis.study import EncodingStudy, KernelOptions, study_encoding, subsample
 from nfit.config import FitConfig
 from nfit.device import resolve_device
+from nfit.html import write_html_report
 from nfit.io import atomic_write_json
 
 KERNEL_FILES = ["spectrum.csv", "spectrum.png", "kernel_row.png", "prediction.png", "report.json"]
@@ -49,7 +50,7 @@ def _write_guarded(out_dir: Path, write: Callable[[], None]) -> None:
 
 def kernel_file(kind: str, path: str | Path, cfgs: list[FitConfig], opts: KernelOptions,
                 out_dir: str | Path,
-                on_encoding: Callable[[EncodingStudy], None] | None = None) -> dict[str, Any]:
+                on_encoding: Callable[[EncodingStudy], None] | None = None, html: bool = True) -> dict[str, Any]:
     """Study the tangent kernel of each config's field on the signal in ``path`` and write
     spectrum.csv/png, kernel_row.png, prediction.png and report.json into ``out_dir``.
 
@@ -94,6 +95,8 @@ def kernel_file(kind: str, path: str | Path, cfgs: list[FitConfig], opts: Kernel
                       f"tangent kernel spectrum, {len(data.train_x)} points")
         plot_kernel_rows(out_dir / "kernel_row.png", studies)
         plot_prediction(out_dir / "prediction.png", studies)
+        if html:
+            write_html_report(out_dir, report)
         atomic_write_json(out_dir / "report.json", _finite(report))
 
     _write_guarded(out_dir, write)

@@ -26,7 +26,7 @@ from nfit.spec import FitSpec, JobSpec, KernelSpec, SweepSpec
 
 PANELS = {"grid": "Grid encodings", "siren": "SIREN", "mesh": "Meshes (sdf)", "ct": "CT", "mri": "MRI",
           "measure": "Measurements (ct, mri)", None: "Fit"}
-FLAG_NAMES = {"encodings": "--encoding", "sigmas": "--sigma", "json_out": "--json"}
+FLAG_NAMES = {"encodings": "--encoding", "sigmas": "--sigma", "json_out": "--json", "html": "--html/--no-html"}
 #: fit options a command does not take: they are its spec's own (or mean nothing to it)
 EXCLUDED = {"sweep": {"encoding", "sigma"},
             "kernel": {"encoding", "steps", "lr", "batch", "eval_every", "precision", "optimizer"}}
