@@ -91,6 +91,8 @@ def test_kspace_operator_matches_numpy_fft_and_its_adjoint() -> None:
 
 
 def test_variable_density_mask_is_the_papers() -> None:
+    from nfit.operators import paper_mri_mask
+
     mask, drawn = variable_density_mask((96, 96, 96), 0.126, seed=0)
     assert abs(mask.mean() - 0.126) < 1e-5
     # the paper's 200,000 Gaussian draws (covariance 2 * 96 * I) cover about 12.6%
@@ -100,6 +102,10 @@ def test_variable_density_mask_is_the_papers() -> None:
     assert mask[0, 0, 0]  # DC sampled: the centre was shifted onto the corner
     centred = np.fft.fftshift(mask)
     assert centred[40:56, 40:56, 40:56].mean() > 0.9 > 0.1 > centred[:10].mean()
+    # the same law as the paper's own draw (tests/test_threefry.py checks that one bit for bit)
+    paper = np.fft.fftshift(paper_mri_mask((96, 96, 96)))
+    for box in (np.s_[40:56, 40:56, 40:56], np.s_[30:66, 30:66, 30:66], np.s_[:20]):
+        assert abs(centred[box].mean() - paper[box].mean()) < 0.01
 
 
 @pytest.mark.parametrize("keep_graphs", [False, True])
@@ -333,6 +339,11 @@ def test_bad_inputs_one_line_right_code_nothing_written(tmp_path: Path, phantom3
     _bad(tmp_path, ["sweep", "ct", str(phantom32), "--sigma", "1,2"], 2, "validation")
     result = CliRunner().invoke(app, ["kernel", "ct", str(phantom32), "--out", str(tmp_path / "never"), "--quiet"])
     assert result.exit_code == 2 and "measurement operator" in result.output and not (tmp_path / "never").exists()
+    for args, words in ((["--paper", "--count", "3"], "drop --count"), (["--paper", "--size", "1"], "--size >= 2")):
+        result = CliRunner().invoke(app, ["phantom", "shepp", *args, "--out", str(tmp_path / "never")])
+        lines = [line for line in result.output.strip().splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and words in lines[0], result.output
+        assert not (tmp_path / "never").exists()
 
 
 def test_paper_protocol_sets_the_recipe_per_encoding() -> None:
@@ -340,11 +351,196 @@ def test_paper_protocol_sets_the_recipe_per_encoding() -> None:
 
     gauss = merge_config({}, {"protocol": "paper", "encoding": "gauss"}, kind="ct")
     none = merge_config({}, {"protocol": "paper", "encoding": "none"}, kind="ct")
-    assert (gauss.lr, gauss.sigma, gauss.steps, gauss.projector, gauss.views) == (1e-3, 4.0, 1000, "paper", 20)
+    # 976: the update after which the notebook takes the evaluation its table reports
+    assert (gauss.lr, gauss.sigma, gauss.steps, gauss.projector, gauss.views) == (1e-3, 4.0, 976, "paper", 20)
     assert none.lr == 1e-2
     mri = merge_config({}, {"protocol": "paper", "encoding": "posenc"}, kind="mri")
-    assert (mri.lr, mri.sigma, mri.grid, mri.fraction) == (2e-3, 4.0, "96x96x96", 0.126)
+    # no --fraction: the paper's own mask
+    assert (mri.lr, mri.sigma, mri.grid, mri.fraction, mri.steps) == (2e-3, 4.0, "96x96x96", None, 976)
     with pytest.raises(UsageError, match="applies to mri fits only"):
         merge_config({}, {"fraction": 0.2}, kind="ct")
     with pytest.raises(UsageError, match="applies to ct fits only"):
         merge_config({}, {"projector": "paper"}, kind="mri")
+
+
+def test_paper_projector_samples_what_the_notebooks_ct_project_samples() -> None:
+    import hashlib
+
+    from nfit.operators import _paper_sources, paper_thetas
+
+    # the notebook's ct_project (JAX 0.10.2, CPU) on a 64 x 64 image of pixel numbers: the
+    # flat source pixel of every output pixel at the 20 angles (-1 outside), sha256 of int32
+    n = 64
+    maps = []
+    for theta in paper_thetas(20):
+        ix, iy = _paper_sources(n, theta)
+        ok = (ix >= 0) & (ix < n) & (iy >= 0) & (iy < n)
+        maps.append(np.where(ok, iy * n + ix, -1))
+    digest = hashlib.sha256(np.stack(maps).astype("<i4").tobytes()).hexdigest()
+    assert digest == "7c532d6265b0d8957cb62fd4ee53f28d48addc478972ad20928cbf83f0a5ea73"
+    assert np.allclose(paper_thetas(20), np.radians(paper_angles(20)), rtol=1e-6)
+
+
+def test_paper_projector_turns_against_skimage_and_fbp_follows() -> None:
+    n = 48
+    yy, xx = np.mgrid[:n, :n]
+    image = disc(n, 20) * (0.3 + 0.6 * (xx > yy + 5))  # no mirror symmetry across the views
+    angles = np.array([30.0])
+    paper = project(image, angles, "paper") * n
+    assert np.abs(paper - project(image, -angles, "standard")).mean() < 0.1 * np.abs(paper).mean()
+    assert np.abs(paper - project(image, angles, "standard")).mean() > 0.3 * np.abs(paper).mean()
+    from nfit.operators import fbp
+
+    views = paper_angles(90)
+    back = fbp(project(image, views, "paper").astype(np.float32), views, "paper")
+    inside = disc(n, 17) > 0
+    assert np.abs(back - image)[inside].mean() < 0.05
+
+
+def test_ct_of_a_non_square_slice_pads_scores_and_writes_its_own_size(tmp_path: Path) -> None:
+    from nfit.formats.images import read_image, write_image
+    from nfit.operators import detector_square
+
+    h, w = 18, 26
+    yy, xx = np.mgrid[:h, :w]
+    image = 0.2 + 0.6 * np.exp(-((xx - 15) ** 2 + (yy - 8) ** 2) / 30.0)  # non-zero to the edges
+    write_image(tmp_path / "slice.png", image, 16)
+    out = tmp_path / "ct"
+    result = CliRunner().invoke(app, ["ct", str(tmp_path / "slice.png"), "--views", "24", "--sigma", "1",
+                                      "--steps", "300", "--lr", "1e-2", "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    side, top, left = detector_square(h, w)
+    assert report["signal"]["shape"] == [side, side] and report["signal"]["image_shape"] == [h, w]
+    assert report["signal"]["offset"] == [top, left] and report["signal"]["test_points"] == h * w
+    assert report["test"]["psnr"] > 25.0  # scored on the slice's 18 x 26 pixels (measured: 28.5 dB)
+    recon, _ = read_image(out / "recon.png")
+    fbp_image, _ = read_image(out / "fbp.png")
+    assert recon.shape[:2] == (h, w) and fbp_image.shape[:2] == (h, w)
+    assert 10 * np.log10(1 / np.mean((recon[..., 0] - image) ** 2)) == pytest.approx(report["test"]["psnr"], abs=0.3)
+    result = CliRunner().invoke(app, ["render", str(out / "model.safetensors"), "--out", str(tmp_path / "again.png"),
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    again, _ = read_image(tmp_path / "again.png")
+    assert again.shape[:2] == (h, w) and np.abs(again - recon).max() < 1e-3
+    # a sinogram of the padded slice (skimage's radon with circle=False) with the slice as truth
+    from skimage.transform import radon
+
+    sino = radon(image, theta=paper_angles(24), circle=False).T.astype(np.float32)
+    assert sino.shape[1] == side
+    np.save(tmp_path / "sino.npy", sino)
+    result = CliRunner().invoke(app, ["ct", str(tmp_path / "slice.png"), "--sinogram", str(tmp_path / "sino.npy"),
+                                      "--angles", "0:180:24", "--steps", "20", "--out", str(tmp_path / "m"), *TINY])
+    assert result.exit_code == 0, result.output
+    np.save(tmp_path / "narrow.npy", sino[:, :-3])
+    _bad(tmp_path, ["ct", str(tmp_path / "slice.png"), "--sinogram", str(tmp_path / "narrow.npy"),
+                    "--angles", "0:180:24"], 1, f"detector square (padded as radon(circle=False) pads it) is {side}")
+
+
+def test_mri_paper_protocol_scales_resizes_and_masks_as_the_notebook(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from nfit.config import merge_config
+    from nfit.operators import paper_mri_mask
+    from nfit.signals.mri import _prepare_data, area_resize
+
+    # the notebook's local-mean resize: 4 -> 2 averages pairs, 3 -> 2 weighs by overlap
+    assert np.allclose(area_resize(np.arange(4.0).reshape(4, 1, 1), (2, 1, 1)).ravel(), [0.5, 2.5])
+    assert np.allclose(area_resize(np.array([0.0, 3.0, 6.0]).reshape(3, 1, 1), (2, 1, 1)).ravel(), [1.0, 5.0])
+    raw = (smooth_volume(12) * 200).astype(np.uint8)  # brightest voxel below 255
+    nib.save(nib.Nifti1Image(raw, np.eye(4)), str(tmp_path / "v.nii.gz"))
+    cfg = merge_config({}, {"protocol": "paper", "encoding": "gauss", "grid": "8x8x8"}, kind="mri")
+    data = _prepare_data(tmp_path / "v.nii.gz", cfg)
+    assert data.truth is not None and data.truth.shape == (8, 8, 8)
+    assert np.allclose(data.truth, area_resize(raw / 255.0, (8, 8, 8)), atol=1e-6)  # /255, not min-max
+    assert data.meta["range"] == [0.0, 255.0]
+    assert np.array_equal(np.sort(data.index), np.flatnonzero(paper_mri_mask((8, 8, 8)).ravel()))
+    plain = _prepare_data(tmp_path / "v.nii.gz", merge_config({}, {"grid": "8x8x8"}, kind="mri"))
+    assert plain.truth is not None and plain.truth.max() == pytest.approx(1.0, abs=0.05)  # nfit's min-max
+
+
+def _paper_ct_loop(image: np.ndarray, b: np.ndarray, weights: list[tuple[np.ndarray, np.ndarray]],
+                   lr: float, iters: int) -> float:
+    """Experiments/2d_CT's train_model for one image, transcribed to torch: the input
+    encoder [sin, cos](2 pi x B^T), the stax MLP (Dense-Relu x3, Dense, Sigmoid), ct_project,
+    0.5 mean squared sinogram error, Adam; returns the test PSNR after ``iters`` updates."""
+    res = image.shape[0]
+    x1 = torch.linspace(0, 1, res + 1)[:-1]
+    xx, yy = torch.meshgrid(x1, x1, indexing="xy")  # np.meshgrid(x1, x1): [..., 0] runs along columns
+    x_train = torch.stack([xx, yy], dim=-1)
+    bt = torch.from_numpy(b)
+
+    def input_encoder(x: torch.Tensor) -> torch.Tensor:
+        proj = (2.0 * torch.pi * x) @ bt.T
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+    params = [(torch.tensor(w, requires_grad=True), torch.tensor(c, requires_grad=True)) for w, c in weights]
+
+    def run_model(x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(-1, x.shape[-1])
+        for i, (w, c) in enumerate(params):
+            h = h @ w + c
+            h = torch.relu(h) if i < len(params) - 1 else torch.sigmoid(h)
+        return h.reshape(x.shape[0], x.shape[1])
+
+    def ct_project(img: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        n = img.shape[0]
+        axis = torch.arange(n, dtype=torch.float32) / n - 0.5
+        y, x = torch.meshgrid(axis, axis, indexing="ij")
+        x_rot = (x * torch.cos(theta) - y * torch.sin(theta) + 0.5) * n
+        y_rot = (x * torch.sin(theta) + y * torch.cos(theta) + 0.5) * n
+
+        def nearest(v: torch.Tensor) -> torch.Tensor:  # map_coordinates, order 0: half away from zero
+            v = v.double()
+            return (torch.sign(v) * torch.floor(v.abs() + 0.5)).long()
+
+        iy, ix = nearest(y_rot), nearest(x_rot)
+        ok = (iy >= 0) & (iy < n) & (ix >= 0) & (ix < n)
+        resampled = torch.where(ok, img[iy.clamp(0, n - 1), ix.clamp(0, n - 1)], torch.zeros(()))
+        return resampled.mean(dim=0)
+
+    thetas = torch.linspace(0.0, torch.pi, 21)[:-1]
+    target = torch.from_numpy(image)
+    y_train = torch.stack([ct_project(target, t) for t in thetas])
+    features = input_encoder(x_train)
+    opt = torch.optim.Adam([p for pair in params for p in pair], lr=lr)
+    for _ in range(iters):
+        opt.zero_grad()
+        image_now = run_model(features)  # compute_projs: ct_project_batch(run_model(params, x), thetas)
+        loss = 0.5 * torch.mean((torch.stack([ct_project(image_now, t) for t in thetas]) - y_train) ** 2)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        mse = torch.mean((torch.clamp(run_model(features), 0.0, 1.0) - target) ** 2)
+    return float(-10 * torch.log10(mse))
+
+
+def test_ct_fit_equals_a_transcription_of_the_papers_loop(tmp_path: Path) -> None:
+    """nfit ct --protocol paper against the notebook's loop written out in torch: the same
+    phantom (the paper's first test phantom at 64^2), the same B and the same initial weights
+    (copied from nfit's field); 200 steps, a 32-wide network to keep it quick."""
+    from nfit.api import prepare_task
+    from nfit.config import merge_config
+    from nfit.formats.images import read_image, write_image
+    from nfit.phantoms import paper_shepp_logan
+    from nfit.signals.base import build_task_field
+
+    write_image(tmp_path / "p.png", paper_shepp_logan(64)[0], 16)
+    image = read_image(tmp_path / "p.png")[0][..., 0].astype(np.float32)  # what nfit reads
+    args = {"protocol": "paper", "encoding": "gauss", "steps": 200, "width": 32, "features": 32,
+            "precision": "fp32", "device": "cpu", "eval_every": 200}
+    out = tmp_path / "ct"
+    flags = [f"--{k.replace('_', '-')}" if i == 0 else str(v) for k, v in args.items() for i in range(2)]
+    result = CliRunner().invoke(app, ["ct", str(tmp_path / "p.png"), *flags, "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 200 and report["config"]["lr"] == 1e-3 and report["config"]["sigma"] == 4.0
+    cfg = merge_config({}, args, kind="ct")
+    fld = build_task_field(prepare_task("ct", tmp_path / "p.png", cfg), cfg)  # the fit's initial field
+    b = fld.encoding.B.numpy().copy()
+    linears = [m for m in fld.network.modules() if isinstance(m, torch.nn.Linear)]
+    weights = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linears]
+    m = b.shape[0]
+    weights[0] = (np.concatenate([weights[0][0][m:], weights[0][0][:m]]), weights[0][1])  # [cos, sin] -> [sin, cos]
+    theirs = _paper_ct_loop(image, b, weights, 1e-3, 200)
+    assert report["test"]["psnr"] == pytest.approx(theirs, abs=0.1)
