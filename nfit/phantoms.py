@@ -23,6 +23,9 @@ The same parameters through phantominator in float64 change 1 pixel of 2,097,152
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from nfit.errors import UsageError
@@ -90,3 +93,46 @@ def perturbed_shepp_logan(count: int, size: int = 512, seed: int = 0,
         ellipses = base + rng.normal(size=base.shape) * perturbation
         out[i] = np.clip(ct_shepp_logan(size, modified=True, E=ellipses), 0.0, 1.0)
     return out
+
+
+def write_phantoms(name: str = "shepp", *, count: int | None = None, size: int = 512, seed: int | None = None,
+                   paper: bool = False, out: str | Path | None = None, force: bool = False) -> dict[str, Any]:
+    """``nfit phantom``: write COUNT phantoms as OUT/shepp-000.png ... (16-bit grayscale) and
+    OUT/phantoms.json (last), or with ``paper`` the paper's 8 test phantoms, also exactly as
+    OUT/phantoms.npy (float32). OUT defaults to runs/phantoms; an existing one needs ``force``.
+    Returns the report (with "out")."""
+    from nfit.formats.images import write_image
+    from nfit.io import atomic_path, atomic_write_json, resolve_out_dir
+
+    if name not in PHANTOMS:
+        raise UsageError(f"unknown phantom {name!r}; choose {', '.join(PHANTOMS)}")
+    if paper and (count is not None or seed is not None):
+        raise UsageError("--paper writes the paper's 8 test phantoms; drop --count and --seed")
+    if size > 16_384:
+        raise UsageError(f"--size {size} is more than 16,384 pixels per side")
+    if paper:
+        if size < 2:
+            raise UsageError(f"need --size >= 2, got {size}")
+        images = paper_shepp_logan(size)
+    else:
+        images = perturbed_shepp_logan(8 if count is None else count, size, 0 if seed is None else seed)
+    out_dir = resolve_out_dir(Path(out) if out is not None else None, Path("runs") / "phantoms", force)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, image in enumerate(images):
+        files.append(f"{name}-{i:03d}.png")
+        write_image(out_dir / files[-1], image, 16)
+    report: dict[str, Any] = {"phantom": name, "count": len(images), "size": size,
+                              "perturbation": f"N(0, 1) x {PERTURBATION:g} on every ellipse parameter",
+                              "files": files, "out": str(out_dir)}
+    if paper:
+        with atomic_path(out_dir / "phantoms.npy") as tmp:
+            np.save(tmp, images)
+        files.append("phantoms.npy")
+        report["source"] = (f"the paper's test phantoms (Experiments/2d_CT): draws {PAPER_TEST_DRAWS.start}-"
+                            f"{PAPER_TEST_DRAWS.stop - 1} of JAX's PRNGKey({PAPER_KEY}), float32; the "
+                            "PNGs round them to 16 bits, phantoms.npy holds them exactly")
+    else:
+        report["seed"] = 0 if seed is None else seed
+    atomic_write_json(out_dir / "phantoms.json", report)
+    return report
