@@ -27,9 +27,9 @@ from torch import nn
 
 from nfit.api import build_task_field, prepare_task
 from nfit.config import FitConfig
-from nfit.device import compute_dtype, resolve_device, resolve_precision
+from nfit.device import compute_dtype, resolve_device, resolve_precision, slice_rows
 from nfit.metrics import psnr
-from nfit.train import fit, slice_rows
+from nfit.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 

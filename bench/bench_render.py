@@ -15,9 +15,8 @@ import time
 import torch
 
 from nfit.device import resolve_device, resolve_precision
-from nfit.field import build_field
+from nfit.field import InPrecision, build_field
 from nfit.signals.grid import render_grid
-from nfit.train import InPrecision
 
 
 def main() -> None:

@@ -56,9 +56,9 @@ def one_fit(spec_json: str) -> None:
     from nfit.api import prepare_task, run
     from nfit.checkpoint import load_checkpoint
     from nfit.config import FitConfig
+    from nfit.field import predict
     from nfit.metrics import psnr
     from nfit.spec import spec_from_dict
-    from nfit.train import predict
 
     spec = spec_from_dict(json.loads(spec_json))
     spec.options = {**TABLE_SCHEDULE, **spec.options}

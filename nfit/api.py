@@ -14,24 +14,17 @@ Progress goes to a ``Reporter`` (silent by default; the CLI's draws rich progres
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
-import platform
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from nfit import __version__
 from nfit.catalog import kind_facts
-from nfit.checkpoint import save_checkpoint
-from nfit.config import FitConfig, merge_config
-from nfit.device import resolve_device, resolve_precision
+from nfit.config import merge_config
 from nfit.errors import DataError, DivergenceError, UsageError
-from nfit.io import atomic_write_json, atomic_write_text, resolve_out_dir
+from nfit.io import resolve_out_dir
 from nfit.job import (
     REPORT_FILE,
     Checkpointer,
@@ -40,109 +33,21 @@ from nfit.job import (
     check_same_job,
     deferred_signals,
     find_resumable,
+    guard_memory,
     resume_state_of,
 )
-from nfit.memory import guard_memory
-from nfit.problem import FitResult, FitState, StepHook
+from nfit.outputs import versions, write_results
+from nfit.problem import FitState
 from nfit.reporting import Reporter
 from nfit.resume import RESUME_FILE, file_sha256, load_resume, read_resume_header
-from nfit.signals import Task, build_task_field, signal_kind
+from nfit.signals import build_task_field, signal_kind
 from nfit.sizing import size_to_params
 from nfit.spec import FitSpec, JobSpec, KernelSpec, SweepSpec
 from nfit.stdio import STDIO, stdin_signal
-from nfit.train import fit
+from nfit.tasks import SOURCE_NAME, fit_task, prepare_task
 
-__all__ = ["Reporter", "build_task_field", "fit_task", "prepare_task", "run", "versions",
-           "write_results"]
-
-
-def versions() -> dict[str, str]:
-    return {"nfit": __version__, "torch": torch.__version__, "python": platform.python_version()}
-
-
-#: the name a signal read from standard input goes by in reports ("-")
-_SOURCE_NAME: contextvars.ContextVar[str | None] = contextvars.ContextVar("source_name", default=None)
-
-
-def prepare_task(kind: str, path: str | Path, cfg: FitConfig) -> Task:
-    """Load ``path`` as a signal of ``kind`` and build its fitting problem."""
-    task = signal_kind(kind).prepare(Path(path), cfg.validate())
-    if _SOURCE_NAME.get() is not None:
-        task.meta["source"] = _SOURCE_NAME.get()
-    return task
-
-
-def fit_task(task: Task, cfg: FitConfig,
-             on_eval: Callable[[dict[str, float]], None] | None = None,
-             start: FitState | None = None, on_step: StepHook | None = None) -> FitResult:
-    """Build the task's field and fit it (no files: ``run`` writes them)."""
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    return fit(build_task_field(task, cfg), task.problem, cfg, device=device,
-               precision=precision, on_eval=on_eval, start=start, on_step=on_step)
-
-
-def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,
-                  out_dir: Path, job: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write every output of a fit into ``out_dir``; report.json is written last. ``job``
-    (``JobSpec.record()``) is kept in the report, so the report says how to rerun it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    extra = signal_kind(kind).write_outputs(task, result, out_dir)
-    report: dict[str, Any] = {
-        "kind": kind,
-        "signal": task.meta,
-        "metrics": result.metrics,
-        "steps": result.steps,
-        "wall_time_s": result.wall_time,
-        "steps_per_s": result.steps_per_s,
-        "parameters": result.field.parameter_count(),
-        "device": result.device,
-        "precision": result.precision,
-        "objective": task.problem.objective.to_dict(),
-        "config": cfg.to_dict(),
-        # the built field's spec: the options as resolved (a hash grid's derived finest
-        # level, a --params size), where the config keeps what was asked
-        "architecture": result.field.spec(),
-        "versions": versions(),
-    }
-    if job is not None:
-        report["job"] = job
-    if "stopped" in result.extra:
-        report["stopped"] = result.extra["stopped"]
-    metric = task.problem.metric_name
-    for role in ("train", "val", "test"):
-        if f"{role}_{metric}" in result.metrics:
-            report[role] = {metric: result.metrics[f"{role}_{metric}"],
-                            "loss": result.metrics[f"{role}_loss"]}
-    if "test_ssim" in extra:
-        report.setdefault("test", {})["ssim"] = extra.pop("test_ssim")
-    # a kind's own held-out scores (IoU, Chamfer, ...) join the test entry the CLI prints
-    report.setdefault("test", {}).update(extra.pop("test_metrics", {}))
-    report.update(extra)
-    bits = save_checkpoint(out_dir / "model.safetensors", result.field, signal=task.meta,
-                           config=cfg.to_dict(), metrics=result.metrics, store=cfg.store)
-    report["checkpoint"] = {"store": cfg.store, "tensor_bits": bits,
-                            "bytes": (out_dir / "model.safetensors").stat().st_size}
-    samples = _signal_samples(task)
-    if samples:
-        # bits of the stored tensors per sample of the signal (pixels: a codec's bpp)
-        report["checkpoint"][f"bits_per_{'pixel' if kind == 'image' else 'sample'}"] = bits / samples
-    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    report["files"] = sorted(set(report.get("files", [])) |
-                             {"model.safetensors", "config.yaml", "report.json"})
-    atomic_write_json(out_dir / REPORT_FILE, report)
-    return report
-
-
-def _signal_samples(task: Task) -> int:
-    """Points of the signal's grid (pixels, voxels); 0 for signals that are not a grid."""
-    shape = task.meta.get("shape")
-    if not isinstance(shape, list) or not shape:
-        return 0
-    n = 1
-    for size in shape:
-        n *= int(size)
-    return n
+__all__ = ["Reporter", "build_task_field", "fit_task", "prepare_task", "render_checkpoint", "resume_spec", "run",
+           "versions", "write_results"]
 
 
 def run(spec: JobSpec, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -165,11 +70,11 @@ def _run_stdin(spec: JobSpec, reporter: Reporter) -> dict[str, Any]:
         raise UsageError("--resume needs the signal in a file; standard input is read only once")
     with stdin_signal(spec.kind, signal_kind(spec.kind).extensions) as path:
         out = spec.out or str(Path("runs") / f"stdin{spec.out_suffix}")
-        token = _SOURCE_NAME.set(STDIO)
+        token = SOURCE_NAME.set(STDIO)
         try:
             return run(dataclasses.replace(spec, input=str(path), out=out), reporter)
         finally:
-            _SOURCE_NAME.reset(token)
+            SOURCE_NAME.reset(token)
 
 
 def resume_spec(directory: str | Path, checkpoint_every: int | None = None,
@@ -298,7 +203,7 @@ def _run_kernel(spec: KernelSpec, reporter: Reporter) -> dict[str, Any]:
     opts = KernelOptions(points=spec.points, test_points=spec.test_points, steps=spec.steps, lr=lr,
                          eval_every=spec.eval_every, ridge=spec.ridge).validate()
     out_dir = resolve_out_dir(Path(spec.out) if spec.out else None, spec.default_out, spec.force)
-    report = kernel_file(spec.kind, spec.input, cfgs, opts, out_dir, on_encoding=reporter.study)
+    report = kernel_file(spec.kind, spec.input, cfgs, opts, out_dir, on_encoding=reporter.study, html=spec.html)
     report["out"] = str(out_dir)
     return report
 
@@ -322,3 +227,47 @@ def _number(flag: str, text: str) -> float:
         return float(text)
     except ValueError:
         raise UsageError(f"{flag} must be a number or 'auto', got {text!r}") from None
+
+
+def render_checkpoint(model: str | Path, out: str | Path, *, size: str | None = None,
+                      resolution: int | None = None, format: str | None = None,
+                      device: str | None = None) -> dict[str, Any] | None:
+    """``nfit render``: evaluate a checkpoint's field on a grid of any size, in the fit's
+    precision on ``device``, and write it to ``out`` (its extension picks the format), or
+    to standard output with ``out="-"`` (``format`` names it). Returns the summary (None
+    for standard output). The output is checked before any work and written atomically."""
+    import tempfile
+    import time
+
+    from nfit.checkpoint import load_checkpoint, read_header
+    from nfit.device import resolve_device, resolve_precision
+    from nfit.field import InPrecision
+    from nfit.formats.images import UNFAITHFUL_EXTENSIONS
+    from nfit.io import check_output_file
+    from nfit.stdio import copy_to_stdout
+
+    model, to_stdout = Path(model), str(out) == STDIO
+    meta, _ = read_header(model)
+    kind = signal_kind(meta["signal"].get("kind", ""))
+    allowed = kind.render_extensions()
+    if format is not None and not to_stdout:
+        raise UsageError("--format is for --out - (a file's extension picks its format)")
+    suffix = "." + (format or allowed[0].lstrip(".")).lower().lstrip(".")
+    check_output_file(Path("stdout" + suffix) if to_stdout else Path(out), allowed, UNFAITHFUL_EXTENSIONS)
+    target = resolve_device(device or "auto")
+    fld, meta = load_checkpoint(model, target)
+    # evaluated in the fit's precision (its --precision on this device)
+    precision = resolve_precision(str(meta["config"].get("precision", "auto")), target)
+    evaluator = InPrecision(fld, target, precision)
+    start = time.perf_counter()
+    if to_stdout:
+        with tempfile.TemporaryDirectory(prefix="nfit-render-") as folder:
+            written = Path(folder) / f"render{suffix}"
+            kind.render(evaluator, meta["signal"], written, size=size, resolution=resolution)
+            copy_to_stdout(written)
+        return None
+    summary = kind.render(evaluator, meta["signal"], Path(out), size=size, resolution=resolution)
+    seconds = time.perf_counter() - start
+    summary.update({"precision": precision, "points": evaluator.points,
+                    "points_per_s": evaluator.points / seconds if seconds > 0 else None, "seconds": seconds})
+    return summary

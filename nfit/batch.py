@@ -27,14 +27,16 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nfit.config import OPTIONS, check_keys, coerce_option
 from nfit.errors import UsageError
+from nfit.html import write_batch_index
 from nfit.io import atomic_write_json, atomic_write_text, json_safe
+from nfit.metrics import mean_std
 from nfit.spec import FitSpec, JobSpec, SweepSpec, spec_from_dict
 
 BATCH_FILE = "batch.json"
@@ -241,6 +243,44 @@ def expand(signals: list[Path], options: dict[str, Any], out: Path, *, kind: str
                                  seed=seed if seed is not None else combo.get("seed")))
     check_unique(jobs)
     return jobs
+
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def build_jobs(sources: Sequence[str], options: dict[str, Any], *, out: str | Path | None = None,
+               kind: str | None = None, seeds: str | int | None = None, sweep: bool = False,
+               checkpoint_every: int = 0) -> tuple[list[BatchJob], Path]:
+    """The jobs of ``nfit batch SOURCES [options]`` and the batch's directory.
+
+    sources: signal files or globs, or one manifest (.yaml/.json); options: fit options,
+    each a value or a comma-separated list (one job per value); seeds: a count N (0..N-1)
+    or a list "0,1,2"; sweep: one sweep per signal, ``encoding`` and ``sigma`` being the
+    sweep's lists (its seeds a count). Default directory: runs/<first signal's folder>.
+    """
+    options = dict(options)
+    sources = list(sources)
+    out_path = Path(out) if out is not None else None
+    if len(sources) == 1 and sources[0].lower().endswith(MANIFEST_SUFFIXES):
+        if sweep or seeds is not None:
+            raise UsageError("--sweep and --seeds belong in the manifest's 'sweep' and 'seeds'")
+        return load_manifest(Path(sources[0]), out_path, options, checkpoint_every, kind)
+    signals = find_signals(sources)
+    batch_out = out_path or Path("runs") / (signals[0].parent.resolve().name or "batch")
+    sweep_spec = None
+    if sweep:
+        sweep_spec = {"encodings": options.pop("encoding", "gauss"), "sigmas": options.pop("sigma", "auto")}
+        if seeds is not None:
+            try:
+                sweep_spec["seeds"] = int(seeds)
+            except ValueError:
+                raise UsageError(f"--seeds with --sweep is a count, got {seeds!r}") from None
+            seeds = None
+    elif isinstance(seeds, str) and seeds.isdigit():
+        seeds = int(seeds)
+    jobs = expand(signals, options, batch_out, kind=kind, seeds=seeds,
+                  command="sweep" if sweep_spec else "fit", sweep=sweep_spec, checkpoint_every=checkpoint_every)
+    return jobs, batch_out
 
 
 def check_unique(jobs: list[BatchJob]) -> None:
@@ -479,13 +519,6 @@ def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
     return sorted(keys, key=lambda k: (order.get(k.split("_")[0], 3), k))
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, std
-
-
 def summary_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     """Mean and sample std of each metric per configuration, over signals and seeds (the
     layout of the paper's Table 1), in the batch's order of configurations."""
@@ -501,7 +534,7 @@ def summary_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, 
             values = [float(r[m]) for r in done if isinstance(r.get(m), int | float)
                       and math.isfinite(float(r[m]))]
             if values:
-                entry[m], entry[f"{m}_std"] = _mean_std(values)
+                entry[m], entry[f"{m}_std"] = mean_std(values)
                 entry[f"{m}_n"] = len(values)
         out.append(entry)
     return metrics, out
@@ -542,6 +575,9 @@ def write_tables(batch: Batch) -> dict[str, Any]:
     atomic_write_text(batch.out / "table.csv", _csv_text(columns, summary))
     if any(m in e for e in summary for m in shown):
         plot_table(batch.out / "table.png", rows, shown)
+    # index.html: the jobs' rows and the table above as one page
+    write_batch_index(batch.out, {j.name: j for j in batch.jobs}, rows, metrics, chosen, shown, summary,
+                      executor=str(getattr(batch, "executor", "")))
     return {"rows": rows, "metrics": shown, "summary": summary}
 
 
@@ -572,7 +608,7 @@ def plot_table(path: Path, rows: list[dict[str, Any]], metrics: list[str]) -> No
                 values = [float(r[metric]) for r in done if r["config"] == config
                           and (group == "all" or r["signal"] == group)
                           and isinstance(r.get(metric), int | float) and math.isfinite(float(r[metric]))]
-                mean, std = _mean_std(values) if values else (math.nan, 0.0)
+                mean, std = mean_std(values) if values else (math.nan, 0.0)
                 means.append(mean)
                 stds.append(std)
             xs = [g + (i - (len(configs) - 1) / 2) * width for g in range(len(groups))]

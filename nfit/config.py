@@ -33,13 +33,6 @@ from nfit.errors import UsageError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "tf32")
 STORES = ("fp32", "fp16", "bf16")
-#: --batch auto: the full batch up to this many training points (the paper split's 256^2),
-#: random minibatches beyond. Measured (bench/bench_defaults.py, kodim08 whole, equal points
-#: evaluated): minibatches of 2^16 beat 2^17 by 2 dB, which beat 2^18 and the full batch;
-#: on a CPU a step's cost is linear in its points, so smaller steps buy more updates.
-AUTO_FULL_BATCH = 1 << 16
-#: --batch auto: points per step of the random minibatches of a larger training set
-AUTO_MINIBATCH = 1 << 16
 #: --steps when a --time-budget is given without one: the budget decides
 BUDGET_STEP_CAP = 1_000_000
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
@@ -56,6 +49,22 @@ def parse_duration(text: str) -> float:
     if seconds <= 0:
         raise UsageError(f"--time-budget must be positive, got {text!r}")
     return seconds
+
+
+def parse_batch(text: str | int) -> int | None:
+    """``--batch`` as a number: None for auto, 0 for the full batch, else points per step."""
+    value = str(text).strip().lower()
+    if value in ("auto", "0"):
+        return None
+    if value == "full":
+        return 0
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not (number >= 1 and number == int(number)):
+        raise UsageError(f"--batch must be auto, full or a positive number of points, got {text!r}")
+    return int(number)
 
 
 def _group(name: str, cli: bool = True, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -105,13 +114,15 @@ class FitConfig:
     protocol: str | None = None
     """a published recipe for this kind, set under the flags given: paper (the paper's lr per encoding, sigma or posenc scale, steps, full batch, constant rate, --init paper)"""
 
-    # Schedule, batch rule, budgets and storage (nfit.schedules; the batch rule: batch_points).
+    # Optimizer, schedule, budgets and storage (nfit.train, nfit.schedules; --batch: nfit.feeds).
     schedule: str = "constant"
     """learning-rate schedule: constant, cosine (from --lr down to 0 over the fit) or exp (x0.1 every --decay-steps)"""
     warmup: float = 0.0
     """warm-up: the rate rises linearly from 0 over this fraction of the fit (0 = none; 0.05 is usual with cosine)"""
     decay_steps: int = 0
     """exp schedule: steps per x0.1 of the rate (0 = the whole fit)"""
+    optimizer: str = "adam"
+    """adam, or sgd (plain gradient descent, as the kernel studies' predictions assume)"""
     time_budget: str | None = None
     """stop when this much training time is spent (300, 90s, 5m, 1h30m), then write every output; with it --steps is only a cap"""
     target_psnr: float | None = None
@@ -158,6 +169,8 @@ class FitConfig:
     """sdf: points of each held-out set scored during training (default 20000)"""
     metric_points: int | None = field(default=None, metadata=_group("mesh", cli=False, kinds=MESH))
     """sdf: points of the final IoU, Chamfer and F-score (default 100000)"""
+    eikonal: float | None = field(default=None, metadata=_group("mesh", kinds=MESH))
+    """sdf: weight of the eikonal term mean (|grad f| - 1)^2 added to the loss (a signed distance has a unit gradient; Fourier or plain encodings; default 0 = off)"""
 
     views: int | None = field(default=None, metadata=_group("ct", kinds=CT))
     """ct: projections simulated from the image, evenly spaced over [0, 180) degrees (default 20)"""
@@ -188,28 +201,8 @@ class FitConfig:
         return dataclasses.asdict(self)
 
     def batch_size(self) -> int | None:
-        """--batch as a number: None for auto, 0 for the full batch, else the points per step."""
-        if self.batch in ("auto", "0"):
-            return None
-        if self.batch == "full":
-            return 0
-        try:
-            value = float(self.batch)
-        except ValueError:
-            value = -1.0
-        if not (value >= 1 and value == int(value)):
-            raise UsageError(f"--batch must be auto, full or a positive number of points, got {self.batch!r}")
-        return int(value)
-
-    def batch_points(self, n: int) -> int:
-        """Points per step for a training set of n fixed points; 0 means the full batch.
-
-        auto: the full batch up to AUTO_FULL_BATCH points, random minibatches of
-        AUTO_MINIBATCH beyond (README: how they were measured)."""
-        size = self.batch_size()
-        if size is None:
-            size = 0 if n <= AUTO_FULL_BATCH else AUTO_MINIBATCH
-        return size if 0 < size < n else 0
+        """--batch as a number (``parse_batch``); what it means is the feed's (``nfit.feeds``)."""
+        return parse_batch(self.batch)
 
     def time_budget_s(self) -> float | None:
         """--time-budget in seconds (None without one)."""
@@ -254,9 +247,10 @@ class FitConfig:
         if self.features < 1 or self.width < 1 or self.depth < 1:
             raise UsageError("--features, --width and --depth must be at least 1")
         self.batch_size()
-        from nfit.schedules import check_schedule
+        from nfit.schedules import check_optimizer, check_schedule
 
         check_schedule(self.schedule, self.warmup, self.decay_steps)
+        check_optimizer(self.optimizer)
         self.time_budget_s()
         if self.target_psnr is not None and not math.isfinite(self.target_psnr):
             raise UsageError(f"--target-psnr must be a number of dB, got {self.target_psnr}")

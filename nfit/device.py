@@ -10,6 +10,11 @@ import torch
 
 from nfit.errors import UsageError
 
+#: Rows of one CPU slice, over all members (``slice_rows``).
+CPU_STEP_CHUNK = 8192
+#: Points per chunk on a GPU (a training slice of one member, a scoring or rendering chunk).
+EVAL_CHUNK = 1 << 16
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA, then MPS, then the CPU. Asking for an absent device is a usage error."""
@@ -74,3 +79,46 @@ def configure_matmul(device: torch.device, precision: str) -> None:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision in ("tf32", "bf16")
         torch.backends.cudnn.allow_tf32 = precision in ("tf32", "bf16")
+
+
+def slice_rows(k: int, device: torch.device, width: int = 256, precision: str = "fp32") -> int:
+    """Points per member in one training slice and scoring chunk.
+
+    On the CPU a slice holds as many hidden values as 8,192 rows of a 256-wide network
+    (about 8 MB a layer in fp32): 8192 / K rows per member for the paper's MLP, four times
+    more behind a grid's 64-wide MLP, whose lookups pay per slice (measured: K = 4 hash
+    grids went from 0.87x to about 0.7x of four single fits with the wider slices). In
+    bf16 a network at least 256 wide takes twice the rows, the same bytes a layer: its
+    step has half as many slices' fixed costs (measured on an AMX Xeon: the paper's gauss
+    step 4-6% faster, ``bench/bench_fit.py``); a hash grid's step was slower with 2x rows.
+    """
+    if device.type != "cpu":
+        return max(1024, EVAL_CHUNK // k)
+    rows = CPU_STEP_CHUNK * 256 // max(min(width, 256), 64)
+    if precision == "bf16" and width >= 256:
+        rows *= 2
+    return max(512, rows // k)
+
+
+def eval_chunk(device: torch.device) -> int:
+    """Points per chunk when evaluating a trained field (``predict``, renders): one CPU
+    slice, which the allocator reuses from chunk to chunk, or ``EVAL_CHUNK`` elsewhere."""
+    return CPU_STEP_CHUNK if device.type == "cpu" else EVAL_CHUNK
+
+
+#: The whole-grid step of an operator objective keeps every slice's graph (one forward
+#: pass) while they fit in this many bytes, and above it recomputes each slice with a
+#: graph (two forward passes, one slice's graph at a time). A fixed figure, not the free
+#: memory, so a fit takes the same path on every machine.
+GRID_GRAPH_BYTES = 2 << 30
+
+
+def graph_bytes_per_row(width: int, depth: int, features: int, channels: int) -> int:
+    """Bytes one input row's activations and their gradients hold in a training step
+    (fp32 bound): 5 W per hidden layer, twice the features, 4 per output channel."""
+    return (5 * width * max(depth - 1, 0) + 2 * features + 4 * channels) * 4
+
+
+def keep_grid_graphs(points: int, k: int, width: int, depth: int, features: int, channels: int) -> bool:
+    """Whether a whole-grid step of K members on ``points`` keeps every slice's graph."""
+    return points * k * graph_bytes_per_row(width, depth, features, channels) <= GRID_GRAPH_BYTES

@@ -19,6 +19,7 @@ the largest frequency for ``geoposenc``, and for the paper's ``posenc`` its note
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import Any, ClassVar
 
@@ -28,7 +29,46 @@ from torch import nn
 from nfit.catalog import ENCODING_FACTS
 from nfit.errors import UsageError
 
-ENCODINGS: dict[str, type[Encoding]] = {}
+
+class _Registry(dict):  # type: ignore[type-arg]
+    """Encodings by name. The first lookup imports every module the catalog names as an
+    implementation (the grids live in ``nfit.grids``, which imports this module: a static
+    import back would be a cycle)."""
+
+    loaded = False
+
+    def _load(self) -> None:
+        if not self.loaded:
+            self.loaded = True
+            for module in dict.fromkeys(f.implementation for f in ENCODING_FACTS.values()):
+                importlib.import_module(module)
+
+    def __getitem__(self, key: str) -> type[Encoding]:
+        self._load()
+        return super().__getitem__(key)  # type: ignore[no-any-return]
+
+    def __contains__(self, key: object) -> bool:
+        self._load()
+        return super().__contains__(key)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self._load()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._load()
+        return super().__len__()
+
+    def items(self):  # type: ignore[no-untyped-def, override]
+        self._load()
+        return super().items()
+
+    def values(self):  # type: ignore[no-untyped-def, override]
+        self._load()
+        return super().values()
+
+
+ENCODINGS: dict[str, type[Encoding]] = _Registry()
 
 
 def register(name: str):
@@ -319,6 +359,3 @@ def build_encoding(spec: dict[str, Any], in_dim: int) -> Encoding:
     except TypeError as exc:
         raise UsageError(f"bad parameters for encoding {name!r}: {exc}") from None
 
-
-# Grid encodings live in their own module and register themselves on import.
-from nfit import grids as _grids  # noqa: E402,F401

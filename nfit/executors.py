@@ -312,3 +312,21 @@ class RayExecutor:
 
 
 EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor}
+
+
+def make_executor(name: str = "local", *, workers: int = 1, address: str | None = None,
+                  cpus_per_job: float = 1.0, gpus_per_job: float = 0.0,
+                  retries: int = 2) -> LocalExecutor | RayExecutor:
+    """The executor ``nfit batch --executor NAME`` uses; options of the other executor
+    are refused (never silently ignored)."""
+    if name not in EXECUTORS:
+        raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, got {name!r}")
+    if name == "local":
+        for flag, value, default in (("address", address, None), ("cpus_per_job", cpus_per_job, 1.0),
+                                     ("gpus_per_job", gpus_per_job, 0.0)):
+            if value != default:
+                raise UsageError(f"--{flag.replace('_', '-')} applies to --executor ray only")
+        return LocalExecutor(workers=workers, retries=retries)
+    if workers != 1:
+        raise UsageError("--workers applies to --executor local; Ray runs as many jobs as its resources allow")
+    return RayExecutor(address=address, cpus_per_job=cpus_per_job, gpus_per_job=gpus_per_job, retries=retries)

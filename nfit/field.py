@@ -7,7 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nfit.encodings import Encoding, build_encoding
+from nfit.device import autocast, compute_dtype, eval_chunk
+from nfit.encodings import Encoding, FourierFeatures, build_encoding
 from nfit.errors import UsageError
 from nfit.networks import build_network
 
@@ -58,3 +59,34 @@ def build_field(spec: dict[str, Any]) -> Field:
                          f"{encoding.name!r} has nothing to train; use a learned encoding "
                          "(hashgrid, densegrid, mulfagrid)")
     return fld
+
+
+def predict(fld: Field, x: torch.Tensor, *, chunk: int | None = None) -> torch.Tensor:
+    """fp32 predictions of one field at x: (N, d), in chunks; returns (N, C) on x's device."""
+    chunk = chunk or eval_chunk(x.device)
+    with torch.no_grad():
+        return torch.cat([fld(x[i:i + chunk]).float() for i in range(0, len(x), chunk)])
+
+
+class InPrecision(Field):
+    """A trained field that evaluates as its fit did: the network under the fit's autocast
+    (bf16 on a CPU with native bf16), a fixed encoding's features in fp32 (a bf16 phase
+    2 pi b.x would be off by whole radians at sigma 10). Counts the points it evaluates.
+
+    For rendering: ``nfit render`` hands one to the kind's ``render`` in place of the field.
+    """
+
+    def __init__(self, fld: Field, device: torch.device, precision: str) -> None:
+        super().__init__(fld.encoding, fld.network, fld.spec())
+        self.device, self.precision, self.points = device, precision, 0
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        self.points += len(coords)
+        with torch.autocast(self.device.type, enabled=False):
+            if isinstance(self.encoding, FourierFeatures):
+                # computed in fp32, written in the network's dtype as the fit cached them
+                features = self.encoding(coords, compute_dtype(self.precision))
+            else:
+                features = self.encoding(coords)
+        with autocast(self.device, self.precision):
+            return self.network(features).float()  # type: ignore[no-any-return]

@@ -67,13 +67,13 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(json_safe(obj), indent=2, sort_keys=False) + "\n")
 
 
-def check_output_file(path: Path, allowed: tuple[str, ...]) -> Path:
-    """Validate an output file path before any work: extension known, parent writable."""
+def check_output_file(path: Path, allowed: tuple[str, ...], refused: dict[str, str] | None = None) -> Path:
+    """Validate an output file path before any work: extension known (``refused``: extensions
+    that get their own reason, such as a lossy format for a field's exact values), parent
+    writable."""
     path = Path(path)
-    from nfit.formats.images import UNFAITHFUL_EXTENSIONS
-
-    if path.suffix.lower() in UNFAITHFUL_EXTENSIONS:
-        raise UsageError(f"{path}: {UNFAITHFUL_EXTENSIONS[path.suffix.lower()]}")
+    if refused and path.suffix.lower() in refused:
+        raise UsageError(f"{path}: {refused[path.suffix.lower()]}")
     if path.suffix.lower() not in allowed and "".join(path.suffixes[-2:]).lower() not in allowed:
         raise UsageError(f"unsupported output extension {''.join(path.suffixes) or '(none)'!r} "
                          f"for {path}; use one of: {', '.join(allowed)}")

@@ -29,10 +29,12 @@ from typing import Any
 import torch
 
 from nfit.config import FitConfig
+from nfit.device import resolve_device, resolve_precision
 from nfit.errors import DataError, Interrupted, UsageError
+from nfit.memory import available_memory, fit_bytes, parse_memory
 from nfit.problem import FitState, PointSource
 from nfit.resume import RESUME_FILE, file_sha256, save_resume
-from nfit.signals import Task
+from nfit.signals import Task, build_task_field
 
 REPORT_FILE = "report.json"
 
@@ -108,7 +110,7 @@ def check_finite(task: Task, path: Path) -> None:
         if not isinstance(held, PointSource):  # sources check their own values when loading
             tensors += list(held)
     if problem.sampler is not None:
-        tensors += list(problem.sampler(0, torch.Generator().manual_seed(0)))
+        tensors += list(problem.sampler(problem.batch or 1024, torch.Generator().manual_seed(0)))
     bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors if t.is_floating_point())
     if bad:
         raise DataError(f"{path}: the signal holds {bad:,} NaN or infinite values; nfit does "
@@ -155,3 +157,32 @@ def check_same_job(state_path: Path, job: dict[str, Any], kind: str, cfg: FitCon
     if job.get("source_sha256") != file_sha256(source):
         raise DataError(f"--resume: {source} changed since the fit started; start over "
                         "with --force")
+
+
+def member_bytes(task: Task, cfg: FitConfig, precision: str = "fp32", *, k: int = 1,
+                 device: torch.device | None = None) -> int:
+    """The memory model (``nfit.memory.fit_bytes``) of one member of a task's fit."""
+    with torch.device("meta"):
+        fld = build_task_field(task, cfg)
+    return fit_bytes(task.problem, fld, task.out_dim, cfg, precision, k=k, device=device)
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def guard_memory(task: Task, cfg: FitConfig, max_memory: str | None = None) -> int:
+    """Refuse (DataError naming --max-memory) a fit whose estimate exceeds the limit;
+    return the estimate in bytes."""
+    device = resolve_device(cfg.device)
+    estimate = member_bytes(task, cfg, resolve_precision(cfg.precision, device), device=device)
+    if max_memory is not None:
+        limit, source = parse_memory(max_memory), f"the --max-memory {max_memory} limit"
+    else:
+        limit, source = available_memory(device), f"the memory available on {device.type}"
+    if limit is not None and estimate > limit:
+        raise DataError(f"this fit needs about {_gib(estimate)}, more than {source} "
+                        f"({_gib(limit)}); use fewer points (--split, --batch) or a smaller "
+                        "--width/--features, or raise the limit with --max-memory SIZE "
+                        "(or --max-memory off)")
+    return estimate

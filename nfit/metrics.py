@@ -36,3 +36,12 @@ def ssim(pred: np.ndarray, target: np.ndarray) -> float:
     channel_axis = 2 if pred.ndim == 3 else None
     return float(structural_similarity(pred, target, data_range=1.0, win_size=win,
                                        channel_axis=channel_axis))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for one value) of repeated results
+    (seeds, signals): the spread every table of nfit reports as ``mean ± std``."""
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std

@@ -1,4 +1,4 @@
-"""Learning-rate schedules: the rate of a step as a closed form of the step (one registry).
+"""Optimizers and learning-rate schedules: the rate of a step as a closed form of the step.
 
 Every schedule is a factor on the base rate (``--lr``) of each Adam group, a function of
 the fit's progress only, so a resumed fit continues it exactly and the members of a
@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
+
+import torch
 
 from nfit.errors import UsageError
 
@@ -56,3 +59,25 @@ def lr_factor(name: str, step: int, steps: int, *, warmup: float = 0.0, decay_st
         warm_share = max(warm_share, elapsed / budget)
     warm = min(1.0, warm_share / warmup) if warmup > 0 else 1.0
     return warm * SCHEDULES[name](progress, step, decay_steps)
+
+
+def _adam(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=lr, foreach=True)
+
+
+def _sgd(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
+    # a grid's Adam settings (betas, eps) mean nothing to gradient descent; its rate stays
+    plain = [{k: v for k, v in g.items() if k in ("params", "lr")} for g in groups]
+    return torch.optim.SGD(plain, lr=lr, foreach=True)
+
+
+#: ``--optimizer``: name -> (parameter groups, lr) -> optimizer. Adam is the papers'
+#: (Tancik et al. 2020, Instant-NGP); plain gradient descent is what the kernel studies'
+#: predicted curves assume (``nfit.analysis``).
+OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]], float], torch.optim.Optimizer]] = {
+    "adam": _adam, "sgd": _sgd}
+
+
+def check_optimizer(name: str) -> None:
+    if name not in OPTIMIZERS:
+        raise UsageError(f"unknown --optimizer {name!r}; choose from: {', '.join(OPTIMIZERS)}")

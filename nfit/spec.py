@@ -43,6 +43,8 @@ class JobSpec:
     """output directory (default runs/<input name>)"""
     force: bool = False
     """overwrite an existing --out directory"""
+    html: bool = True
+    """write report.html beside report.json: the results as one page that opens from disk"""
 
     def __post_init__(self) -> None:
         self.options = {str(k).replace("-", "_"): v for k, v in dict(self.options).items()}
@@ -104,7 +106,7 @@ class JobSpec:
 
 
 #: spec fields that say how a job runs, not what it computes
-RUN_FIELDS = ("out", "force", "resume", "checkpoint_every", "max_memory")
+RUN_FIELDS = ("out", "force", "resume", "checkpoint_every", "max_memory", "html")
 
 
 @dataclass

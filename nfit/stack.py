@@ -324,8 +324,22 @@ class Members(nn.Module):
     def forward(self, inputs: Any) -> torch.Tensor:
         return self.network(self.encoder(inputs))
 
+    def forward_coords(self, coords: torch.Tensor) -> torch.Tensor:
+        """The members at coords (n, d) or (K, n, d) with the graph through the encoding, so an
+        objective can differentiate with respect to the input (an eikonal term). Fourier
+        features are computed in fp32 (a bf16 phase would be off by whole radians)."""
+        if not isinstance(self.encoder, FixedFeatures):
+            raise UsageError("a loss on the field's input gradient (an eikonal term) needs a Fourier-feature "
+                             "or plain encoding; grids' lookups are not differentiated with respect to the input")
+        with torch.autocast(coords.device.type, enabled=False):
+            if coords.ndim == 2:
+                features = torch.stack([e(coords) for e in self.encoder.encodings])
+            else:
+                features = torch.stack([e(xk) for e, xk in zip(self.encoder.encodings, coords, strict=True)])
+        return self.network(features)  # type: ignore[no-any-return]
+
     def param_groups(self, cfg: Any) -> list[dict[str, Any]]:
-        """Adam groups: an encoding's own settings (grids follow Instant-NGP), then the network."""
+        """Optimizer groups: an encoding's own settings (grids follow Instant-NGP), then the network."""
         groups = self.encoder.param_groups(cfg)
         rest = [p for p in self.network.parameters() if p.requires_grad]
         return groups + ([{"params": rest}] if rest else [])

@@ -1,6 +1,6 @@
 """Choosing the encoding and its bandwidth sigma on held-out data, with stacked members.
 
-    from nfit.api import prepare_task
+    from nfit.tasks import prepare_task
     from nfit.sweep import parse_sigmas, run_sweep, write_sweep
     task = prepare_task("image", "photo.png", cfg)
     result = run_sweep(task, cfg, ["gauss", "posenc"], parse_sigmas("1,3,10,30,100"), seeds=2)
@@ -35,7 +35,6 @@ import csv
 import io
 import math
 import re
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -46,16 +45,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from nfit.api import build_task_field, write_results
 from nfit.config import FitConfig
 from nfit.device import resolve_device, resolve_precision
 from nfit.encodings import ENCODINGS, build_encoding, encoding_names
 from nfit.errors import DivergenceError, UsageError
 from nfit.field import Field
+from nfit.html import write_html_report
 from nfit.io import atomic_write_bytes, atomic_write_json
-from nfit.memory import member_bytes, memory_budget, plan_groups
+from nfit.job import member_bytes
+from nfit.memory import memory_budget, plan_groups
+from nfit.metrics import mean_std
+from nfit.outputs import write_results
 from nfit.problem import FitResult
-from nfit.signals import Task
+from nfit.signals import Task, build_task_field
 from nfit.stack import stack_key
 from nfit.train import train
 
@@ -190,7 +192,7 @@ def nyquist_sigma(task: Task) -> tuple[float, str]:
     n = len(x)
     if n == 0 and task.problem.sampler is not None and task.meta.get("train_points"):
         # a sampled grid (volumes): its extent from a batch, its count from the signal
-        x = task.problem.sampler(0, torch.Generator().manual_seed(0))[0]
+        x = task.problem.sampler(task.problem.batch or 1024, torch.Generator().manual_seed(0))[0]
         n = int(task.meta["train_points"])
     if x.ndim != 2 or len(x) < 4:
         return 10.0, "no training grid to measure; starting at sigma 10"
@@ -270,7 +272,7 @@ def train_members(task: Task, base: FitConfig | Mapping[str, FitConfig],
 
 
 def summarize(members: Sequence[Member], metric: str) -> list[dict[str, Any]]:
-    """One row per (encoding, sigma): mean and spread over the seeds that did not diverge."""
+    """One row per (encoding, sigma): mean and sample std over the seeds that did not diverge."""
     rows = []
     for key in dict.fromkeys(m.key for m in members):
         group = [m for m in members if m.key == key]
@@ -280,8 +282,8 @@ def summarize(members: Sequence[Member], metric: str) -> list[dict[str, Any]]:
         for role in ("train", "val", "test"):
             values = [m.metrics.get(f"{role}_{metric}", float("nan")) for m in ok]
             values = [v for v in values if v == v]
-            row[f"{role}_{metric}"] = statistics.fmean(values) if values else float("nan")
-            row[f"{role}_{metric}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+            row[f"{role}_{metric}"], row[f"{role}_{metric}_std"] = mean_std(values) if values \
+                else (float("nan"), 0.0)
         rows.append(row)
     rows.sort(key=lambda r: (r["encoding"], r["sigma"] if r["sigma"] is not None else 0.0))
     return rows
@@ -338,7 +340,7 @@ def run_sweep(task: Task, base: FitConfig, encodings: Sequence[str], sigma: Sigm
     Raises UsageError before training for bad options, DivergenceError if every member diverged.
     """
     problem = task.problem
-    if "val" not in problem.eval_sets:
+    if "val" not in problem.held_out():
         raise UsageError("a sweep selects on a validation split, and this split has none; "
                          "use --split paper or random:F")
     if seeds < 1:
@@ -564,4 +566,5 @@ def write_sweep(kind: str, task: Task, base: FitConfig, result: SweepResult,
                              {"sweep.csv", "sweep.png", "sweep.json"})
     report["out"] = str(out_dir)
     atomic_write_json(out_dir / "sweep.json", report)
+    write_html_report(out_dir, report)  # the sweep's page over the chosen member's
     return report

@@ -3,35 +3,26 @@
     result = train([field], problem, cfg, device=device, precision="bf16")   # one fit
     result = train(fields, problem, cfg, seeds=[0, 1, 2, 3], ...)          # a sweep's stack
 
-It owns precision (fp32, or bf16 autocast with fp32 master weights and loss), full batch
-versus random minibatches, evaluation every ``cfg.eval_every`` steps, divergence checks,
-and the step hooks: it can start from a saved ``FitState`` and offers one per step to
-``on_step`` (periodic checkpoints, interruption: ``nfit.api``), so a resumed fit takes
-exactly the steps an uninterrupted one would. The members run as one module
-(``nfit.stack.Members``); the loss is the problem's ``Objective``.
+Each step: the feed (``nfit.feeds``) gives the step's slices, the members run on them,
+the objective (``nfit.objectives``) gives the loss, its gradient is accumulated slice by
+slice, the optimizer (``nfit.schedules.OPTIMIZERS``: Adam by default, plain gradient
+descent for the kernel studies) steps, the schedule sets the rate. Around the step, small
+named pieces:
 
-Inputs. Fixed coordinates (a full training set) are prepared once: a fixed encoding's
-features (in the compute dtype), a grid's cell geometry; drawn points (minibatches, a
-sampler) are prepared each step. Members that use different seeds draw their own
-minibatch indices (or sampler points) from their own generator, seeded as their single
-fit seeds its own; members that share a seed share them.
+- ``pointwise_step`` / ``operator_step``: one step's forward and backward for each shape
+  of objective; the operator step is the whole-grid step (``nfit.objectives``).
+- ``Evaluator``: held-out scores every ``eval_every`` steps (large sets on a fixed
+  subset) and every set in full at the end.
+- ``Stopper``: the step cap, ``--time-budget``, ``--target-psnr`` and divergence.
+- ``Resumer``: a ``FitState`` captured at any step and restored bit-identically (weights,
+  optimizer moments, generators, history, elapsed time), offered to ``on_step``.
 
-CPU slicing. On the CPU a step's points go through the members in slices of
-``CPU_STEP_CHUNK / K`` rows per member (more behind narrower networks and in bf16: ``slice_rows``),
-their gradients accumulated: the activations then stay as small as one fit's 8,192-row
-slice and the allocator reuses them, where
-65,536-row activations are fresh mappings every step (page faults cost more than the
-matmuls at that size). The gradient is the full batch's either way. A GPU takes the
-whole batch at once.
-
-Held-out sets too large to hold (``PointSource``, a volume's voxels) are scored on a
-fixed random subset of ``EVAL_SUBSET`` points during training (drawn with ``cfg.seed``)
-and in full, chunk by chunk, at the end, so memory is bounded by the batch and the chunk.
-
-Divergence: a single fit (``stop_on_divergence``, the default for K = 1) raises
-DivergenceError as soon as the loss is NaN or infinite (checked every step on the CPU,
-every 10 steps elsewhere) and never hands out a diverged state; in a stack, a member that
-diverges is marked and the others go on.
+Precision: fp32, or bf16 autocast with fp32 master weights and loss. Members that use
+different seeds draw their own minibatch indices (or sampler points); members that share
+a seed share them. Divergence: a single fit (``stop_on_divergence``, the default for
+K = 1) raises DivergenceError as soon as the loss is NaN or infinite (checked every step
+on the CPU, every 10 steps elsewhere) and never hands out a diverged state; in a stack, a
+member that diverges is marked and the others go on.
 """
 
 from __future__ import annotations
@@ -45,24 +36,44 @@ from typing import Any
 import torch
 
 from nfit.config import FitConfig
-from nfit.device import autocast, compute_dtype, configure_matmul
-from nfit.encodings import FourierFeatures
+from nfit.device import autocast, compute_dtype, configure_matmul, keep_grid_graphs, slice_rows
 from nfit.errors import DivergenceError, UsageError
+from nfit.feeds import Feed, FeedContext, MemberRNG, Slice, build_feed
 from nfit.field import Field
-from nfit.problem import FitResult, FitState, HeldOut, PointSource, Problem, Scores, StepHook
-from nfit.schedules import lr_factor
+from nfit.objectives import Objective, OperatorObjective, Scores
+from nfit.problem import FitResult, FitState, HeldOut, PointSource, Problem, StepHook
+from nfit.schedules import OPTIMIZERS, lr_factor
 from nfit.stack import Members
 
 #: Cached inputs (features, grid geometry) above this many bytes are computed per step.
 FEATURE_CACHE_BYTES = 4 << 30
-EVAL_CHUNK = 1 << 16
-#: Rows of one CPU slice, over all members (see the module docstring).
-CPU_STEP_CHUNK = 8192
 #: Points of a PointSource scored at each evaluation during training (a fixed subset).
 EVAL_SUBSET = 1 << 16
 #: Held-out tensor sets above this many points are scored on a fixed EVAL_SUBSET during
 #: training too (a whole photograph every 25 steps would cost more than its steps).
 EVAL_FULL_MAX = 1 << 18
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """The options the loop reads, typed (``TrainOptions.of(cfg)``)."""
+
+    steps: int
+    lr: float
+    optimizer: str = "adam"
+    schedule: str = "constant"
+    warmup: float = 0.0
+    decay_steps: int = 0
+    eval_every: int = 25
+    time_budget_s: float | None = None
+    target_psnr: float | None = None
+    seed: int = 0
+
+    @classmethod
+    def of(cls, cfg: FitConfig) -> TrainOptions:
+        return cls(steps=int(cfg.steps), lr=float(cfg.lr), optimizer=cfg.optimizer, schedule=cfg.schedule,
+                   warmup=float(cfg.warmup), decay_steps=int(cfg.decay_steps), eval_every=int(cfg.eval_every),
+                   time_budget_s=cfg.time_budget_s(), target_psnr=cfg.target_psnr, seed=int(cfg.seed))
 
 
 @dataclass
@@ -83,25 +94,8 @@ class TrainResult:
     precision: str
     #: why the fit ended: "steps", "time budget" or "target psnr"
     stopped: str = "steps"
-
-
-def slice_rows(k: int, device: torch.device, width: int = 256, precision: str = "fp32") -> int:
-    """Points per member in one training slice and scoring chunk.
-
-    On the CPU a slice holds as many hidden values as 8,192 rows of a 256-wide network
-    (about 8 MB a layer in fp32): 8192 / K rows per member for the paper's MLP, four times
-    more behind a grid's 64-wide MLP, whose lookups pay per slice (measured: K = 4 hash
-    grids went from 0.87x to about 0.7x of four single fits with the wider slices). In
-    bf16 a network at least 256 wide takes twice the rows, the same bytes a layer: its
-    step has half as many slices' fixed costs (measured on an AMX Xeon: the paper's gauss
-    step 4-6% faster, ``bench/bench_fit.py``); a hash grid's step was slower with 2x rows.
-    """
-    if device.type != "cpu":
-        return max(1024, EVAL_CHUNK // k)
-    rows = CPU_STEP_CHUNK * 256 // max(min(width, 256), 64)
-    if precision == "bf16" and width >= 256:
-        rows *= 2
-    return max(512, rows // k)
+    #: how points reached the loss (``Feed.describe``)
+    feed: dict[str, Any] | None = None
 
 
 def member_states(fields: Sequence[Field]) -> dict[str, torch.Tensor]:
@@ -130,41 +124,79 @@ def optimizer_state_cpu(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
             "param_groups": [dict(g) for g in state["param_groups"]]}
 
 
-def eval_chunk(device: torch.device) -> int:
-    """Points per chunk when evaluating a trained field (``predict``, renders): one CPU
-    slice, which the allocator reuses from chunk to chunk, or ``EVAL_CHUNK`` elsewhere."""
-    return CPU_STEP_CHUNK if device.type == "cpu" else EVAL_CHUNK
+# ---------------------------------------------------------------------------- one step
 
 
-def predict(fld: Field, x: torch.Tensor, *, chunk: int | None = None) -> torch.Tensor:
-    """fp32 predictions of one field at x: (N, d), in chunks; returns (N, C) on x's device."""
-    chunk = chunk or eval_chunk(x.device)
-    with torch.no_grad():
-        return torch.cat([fld(x[i:i + chunk]).float() for i in range(0, len(x), chunk)])
+def _sum_terms(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    values = list(terms.values())
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
 
 
-class InPrecision(Field):
-    """A trained field that evaluates as its fit did: the network under the fit's autocast
-    (bf16 on a CPU with native bf16), a fixed encoding's features in fp32 (a bf16 phase
-    2 pi b.x would be off by whole radians at sigma 10). Counts the points it evaluates.
+def pointwise_step(members: Members, slices: list[Slice], objective: Objective, device: torch.device,
+                   precision: str) -> dict[str, torch.Tensor]:
+    """Forward and backward of a pointwise objective over the step's slices; each slice's
+    per-member terms are weighted by its share, so the sums are the step's means and the
+    accumulated gradient of member k is its own. Returns the step's terms, each (K,)."""
+    total: dict[str, torch.Tensor] = {}
+    dtype = compute_dtype(precision)
+    for s in slices:
+        if s.differentiable:
+            assert s.coords is not None
+            coords = s.coords.detach().requires_grad_(True)
+            with autocast(device, precision):
+                pred = members.forward_coords(coords)
+            terms = objective.terms(pred, s.target, coords)
+        else:
+            with autocast(device, precision):
+                pred = members(s.read(members, dtype))
+            terms = objective.terms(pred, s.target)
+        terms = {name: value * s.share for name, value in terms.items()}
+        _sum_terms(terms).sum().backward()
+        for name, value in terms.items():
+            total[name] = total[name] + value.detach() if name in total else value.detach()
+    return total
 
-    For rendering: ``nfit render`` hands one to the kind's ``render`` in place of the field.
-    """
 
-    def __init__(self, fld: Field, device: torch.device, precision: str) -> None:
-        super().__init__(fld.encoding, fld.network, fld.spec())
-        self.device, self.precision, self.points = device, precision, 0
+def grid_values(members: Members, slices: list[Slice], device: torch.device, precision: str) -> torch.Tensor:
+    """(K, N) fp32 values of the members on the whole grid, slice by slice, without a graph
+    (each slice's inputs prepared in ``precision``'s dtype when read)."""
+    dtype = compute_dtype(precision)
+    with torch.no_grad(), autocast(device, precision):
+        return torch.cat([members(s.read(members, dtype))[..., 0].float() for s in slices], dim=1)
 
-    def forward(self, coords: torch.Tensor) -> torch.Tensor:
-        self.points += len(coords)
-        with torch.autocast(self.device.type, enabled=False):
-            if isinstance(self.encoding, FourierFeatures):
-                # computed in fp32, written in the network's dtype as the fit cached them
-                features = self.encoding(coords, compute_dtype(self.precision))
-            else:
-                features = self.encoding(coords)
-        with autocast(self.device, self.precision):
-            return self.network(features).float()  # type: ignore[no-any-return]
+
+def operator_step(members: Members, slices: list[Slice], objective: OperatorObjective,
+                  device: torch.device, precision: str, keep_graphs: bool = False) -> dict[str, torch.Tensor]:
+    """The whole-grid step: values without a graph, the loss and its gradient with respect
+    to the values through the operator, then each slice again with a graph, back-propagating
+    its part of that gradient. Peak memory: one slice's graph and the (K, N) values.
+
+    ``keep_graphs`` (small grids: ``nfit.device.keep_grid_graphs``): one forward pass that
+    keeps every slice's graph and one backward, the same gradient for a quarter less work."""
+    dtype = compute_dtype(precision)
+    if keep_graphs:
+        with autocast(device, precision):
+            values = torch.cat([members(s.read(members, dtype))[..., 0].float() for s in slices], dim=1)
+        loss = objective.loss(values)
+        loss.sum().backward()
+        return {"data": loss.detach()}
+    values = grid_values(members, slices, device, precision).requires_grad_(True)
+    loss = objective.loss(values)
+    (grad,) = torch.autograd.grad(loss.sum(), values)
+    offset = 0
+    for s in slices:
+        with autocast(device, precision):
+            pred = members(s.read(members, dtype))[..., 0].float()
+        n = pred.shape[1]
+        pred.backward(grad[:, offset:offset + n])
+        offset += n
+    return {"data": loss.detach()}
+
+
+# ---------------------------------------------------------------------------- evaluation
 
 
 def _pairs(held: HeldOut, chunk: int):
@@ -174,24 +206,183 @@ def _pairs(held: HeldOut, chunk: int):
     return ((x[i:i + chunk], y[i:i + chunk]) for i in range(0, len(x), chunk))
 
 
+def evaluation_points(problem: Problem) -> int:
+    """Points of the held-out sets scored during training (what ``Evaluator`` prepares)."""
+    total = 0
+    for held in problem.eval_sets.values():
+        n = len(held) if isinstance(held, PointSource) else len(held[0])
+        total += min(n, EVAL_SUBSET) if isinstance(held, PointSource) or n > EVAL_FULL_MAX else n
+    return total
+
+
+class Evaluator:
+    """Scores of the held-out sets: during training on what ``start`` prepared (a large
+    set on a fixed random subset drawn with the fit's seed), at the end every set in full,
+    in fp32. An operator problem scores its measurement sets from the whole grid's values."""
+
+    def __init__(self, problem: Problem, k: int, seed: int) -> None:
+        self.problem, self.k = problem, k
+        self.objective = problem.objective
+        generator = torch.Generator().manual_seed(int(seed))
+        self.xy: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for name, held in problem.eval_sets.items():
+            if isinstance(held, PointSource):
+                x, y = held.sample(min(EVAL_SUBSET, len(held)), generator)
+            elif len(held[0]) > EVAL_FULL_MAX:
+                pick = torch.randperm(len(held[0]), generator=generator)[:EVAL_SUBSET].sort().values
+                x, y = held[0][pick], held[1][pick]
+            else:
+                x, y = held
+            self.xy[name] = (x, y)
+
+    def fixed_points(self) -> int:
+        return sum(len(x) for x, _ in self.xy.values())
+
+    def start(self, ctx: FeedContext, feed: Feed) -> None:
+        self.ctx, self.feed = ctx, feed
+        rows = ctx.rows
+        self.inputs = {}
+        for name, (x, y) in self.xy.items():
+            x, y = x.to(ctx.device), y.to(ctx.device)
+            parts = [x[i:i + rows] for i in range(0, len(x), rows)]
+            self.inputs[name] = ([ctx.members.prepare(p, ctx.dtype) for p in parts] if ctx.cache else parts, y)
+
+    def during(self, precision: str) -> list[dict[str, float]]:
+        """K rows of ``{set}_{loss, metric, iou}`` for the held-out sets, now."""
+        members, ctx = self.ctx.members, self.ctx
+        out: list[dict[str, float]] = [{} for _ in range(self.k)]
+        if isinstance(self.objective, OperatorObjective):
+            values = grid_values(members, self.feed.step(0), ctx.device, precision)
+            for name in self.objective.held_out():
+                self._put(out, name, self.objective.score(values, name))
+            return out
+        with torch.no_grad(), autocast(ctx.device, precision):
+            for name, (parts, y) in self.inputs.items():
+                scores = Scores(self.k, self.objective)
+                offset = 0
+                for part in parts:
+                    pred = members(part if ctx.cache else members.prepare(part, ctx.dtype)).float()
+                    n = pred.shape[1]
+                    scores.add(pred, y[offset:offset + n])
+                    offset += n
+                self._put(out, name, scores.result())
+        return out
+
+    def final(self) -> list[dict[str, float]]:
+        """K rows of every set's scores in full, fp32 without autocast."""
+        members, ctx = self.ctx.members, self.ctx
+        out: list[dict[str, float]] = [{} for _ in range(self.k)]
+        if isinstance(self.objective, OperatorObjective):
+            # fp32 inputs prepared slice by slice (the cached ones are in the fit's dtype)
+            fp32 = [Slice(s.target, s.share, coords=s.coords) for s in self.feed.step(0)]
+            values = grid_values(members, fp32, ctx.device, "fp32")
+            for name in self.objective.sets:
+                self._put(out, name, self.objective.score(values, name))
+            return out
+        with torch.no_grad():
+            for name, held in self.problem.final_sets().items():
+                scores = Scores(self.k, self.objective)
+                for x, y in _pairs(held, ctx.rows):
+                    x, y = x.to(ctx.device), y.to(ctx.device)
+                    scores.add(members(members.prepare(x, torch.float32)).float(), y)
+                self._put(out, name, scores.result())
+        return out
+
+    @staticmethod
+    def _put(out: list[dict[str, float]], name: str, rows: list[dict[str, float]]) -> None:
+        for row, scored in zip(out, rows, strict=True):
+            row.update({f"{name}_{key}": value for key, value in scored.items()})
+
+
+# ---------------------------------------------------------------------------- stopping
+
+
+class Stopper:
+    """When the fit ends: the step cap, the time budget, the target PSNR on the validation
+    set where there is one (else the test set, else the training steps), and divergence."""
+
+    def __init__(self, opts: TrainOptions, problem: Problem, precision: str, stop_on_divergence: bool,
+                 device: torch.device) -> None:
+        self.opts, self.precision, self.stop = opts, precision, stop_on_divergence
+        self.check_every = 1 if device.type == "cpu" else 10
+        if opts.target_psnr is not None and problem.objective.metric != "psnr":
+            raise UsageError(f"--target-psnr needs a PSNR-scored fit; this one is scored by "
+                             f"{problem.objective.metric}")
+        held = problem.held_out()
+        self.target_key = next((f"{name}_psnr" for name in ("val", "test") if name in held), "train_psnr")
+
+    def check_loss(self, step: int, losses: torch.Tensor, every: bool = True) -> None:
+        """Raise DivergenceError (single fits) when a step's loss is not finite."""
+        if self.stop and (not every or step % self.check_every == 0) and not bool(torch.isfinite(losses).all()):
+            self.diverged(step)
+
+    def out_of_time(self, elapsed: float) -> bool:
+        return self.opts.time_budget_s is not None and elapsed >= self.opts.time_budget_s
+
+    def reached(self, rows: list[dict[str, float]]) -> bool:
+        target = self.opts.target_psnr
+        return target is not None and all(row.get(self.target_key, -math.inf) >= target for row in rows)
+
+    def diverged(self, step: int) -> None:
+        lr = self.opts.lr
+        cause = f"likely cause: the learning rate --lr {lr:g} is too high for this model (try {lr / 10:g})"
+        if self.precision != "fp32":
+            cause += f", or {self.precision} arithmetic overflowed (try --precision fp32)"
+        raise DivergenceError(f"the fit diverged (loss or weights NaN or infinite) at step {step}; {cause}")
+
+
+# ---------------------------------------------------------------------------- resume
+
+
+class Resumer:
+    """Captures and restores everything a bit-identical continuation needs."""
+
+    def __init__(self, fields: Sequence[Field], members: Members, optimizer: torch.optim.Optimizer,
+                 rng: MemberRNG, device: torch.device) -> None:
+        self.fields, self.members, self.optimizer, self.rng, self.device = fields, members, optimizer, rng, device
+
+    def restore(self, start: FitState, k: int) -> list[list[dict[str, float]]]:
+        """Load the optimizer and generators; return the history per member."""
+        self.optimizer.load_state_dict(start.optimizer)
+        self.rng.restore(start.rng)
+        torch.set_rng_state(start.rng["torch_cpu"])
+        if self.device.type == "cuda" and "torch_cuda" in start.rng:
+            torch.cuda.set_rng_state(start.rng["torch_cuda"], self.device)
+        saved = start.history
+        if k == 1:
+            return [[dict(r) for r in saved]]
+        return [[dict(r) for r in saved if int(r.get("member", 0)) == i] for i in range(k)]
+
+    def capture(self, step: int, history: list[list[dict[str, float]]], elapsed: float) -> FitState:
+        self.members.write_back(self.fields)
+        rng = {"torch_cpu": torch.get_rng_state(), **self.rng.state()}
+        if self.device.type == "cuda":
+            rng["torch_cuda"] = torch.cuda.get_rng_state(self.device)
+        rows = [dict(r) for hist in history for r in hist]
+        return FitState(step, member_states(self.fields), optimizer_state_cpu(self.optimizer), rng, rows, elapsed)
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
 def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: torch.device,
           precision: str, seeds: Sequence[int] | None = None, start: FitState | None = None,
           on_step: StepHook | None = None,
           on_eval: Callable[[dict[str, float]], None] | None = None,
           stop_on_divergence: bool | None = None) -> TrainResult:
-    """Train K fields of one shape for ``cfg.steps`` Adam steps; their weights are written back.
+    """Train K fields of one shape for ``cfg.steps`` steps; their weights are written back.
 
     fields: built as single fits build them (weights drawn from ``seeds[k]``, default
-    ``cfg.seed``). ``cfg`` supplies the shared steps, lr, batch and eval_every. With
-    ``start`` the weights, optimizer moments, generators and history are restored and
-    training continues at step ``start.step + 1``. ``on_eval`` receives member 0's
-    history rows as they are made.
+    ``cfg.seed``). ``cfg`` supplies the shared options (``TrainOptions``) and ``--batch``
+    (read by the feed). With ``start`` the weights, optimizer moments, generators and
+    history are restored and training continues at step ``start.step + 1``. ``on_eval``
+    receives member 0's history rows as they are made.
     """
+    opts = TrainOptions.of(cfg)
     k = len(fields)
-    seeds = [int(cfg.seed)] * k if seeds is None else [int(s) for s in seeds]
+    seeds = [opts.seed] * k if seeds is None else [int(s) for s in seeds]
     if len(seeds) != k or not k:
         raise ValueError("one seed per field, at least one field")
-    stop = k == 1 if stop_on_divergence is None else stop_on_divergence
     configure_matmul(device, precision)
     dtype = compute_dtype(precision)
     for f in fields:
@@ -200,183 +391,94 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
         load_member_states(fields, start.model)
     members = Members(fields).to(device)
     objective = problem.objective
-    optimizer = torch.optim.Adam(members.param_groups(cfg), lr=cfg.lr, foreach=True)
+    stopper = Stopper(opts, problem, precision, k == 1 if stop_on_divergence is None else stop_on_divergence,
+                      device)
+    optimizer = OPTIMIZERS[opts.optimizer](members.param_groups(cfg), opts.lr)
     # The schedule scales each group's own base rate (a grid's table keeps its settings);
     # read before a resumed state overwrites the groups with its last step's rates.
     base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
-    budget = cfg.time_budget_s()
-    scheduled = cfg.schedule != "constant" or cfg.warmup > 0
-    if cfg.target_psnr is not None and problem.objective.metric != "psnr":
-        raise UsageError(f"--target-psnr needs a PSNR-scored fit; this one is scored by "
-                         f"{problem.objective.metric}")
+    scheduled = opts.schedule != "constant" or opts.warmup > 0
 
-    distinct = sorted(set(seeds))
-    generators = {s: torch.Generator(device=device).manual_seed(s) for s in distinct}
-    slot = torch.tensor([distinct.index(s) for s in seeds], device=device)
-    member_rows = torch.arange(k, device=device)[:, None]
-    rows = slice_rows(k, device, int(getattr(fields[0].network, "width", 256) or 256), precision)
-    step_rows = rows if device.type == "cpu" else 1 << 62
-
-    train_x, train_y = problem.train_x.to(device), problem.train_y.to(device)
-    sampler = problem.sampler
-    n_train = len(train_x)
-    batch = cfg.batch_points(n_train)
-    subset_generator = torch.Generator().manual_seed(int(cfg.seed))
-    eval_xy = {}
-    for name, held in problem.eval_sets.items():
-        if isinstance(held, PointSource):
-            x, y = held.sample(min(EVAL_SUBSET, len(held)), subset_generator)
-        elif len(held[0]) > EVAL_FULL_MAX:
-            pick = torch.randperm(len(held[0]), generator=subset_generator)[:EVAL_SUBSET].sort().values
-            x, y = held[0][pick], held[1][pick]
-        else:
-            x, y = held
-        eval_xy[name] = (x.to(device), y.to(device))
-    fixed_points = (n_train if sampler is None else 0) + sum(len(x) for x, _ in eval_xy.values())
-    cache = fixed_points * members.point_bytes(dtype) <= FEATURE_CACHE_BYTES
-
-    def prepared(x: torch.Tensor) -> list[Any]:
-        """Fixed coordinates as slices of what the members read, prepared once."""
-        return [members.prepare(x[i:i + rows], dtype) if cache else x[i:i + rows]
-                for i in range(0, len(x), rows)]
-
-    eval_in = {name: (prepared(x), y) for name, (x, y) in eval_xy.items()}
-    # Fixed features: one (K, N, F) tensor a minibatch indexes into; cut into contiguous
-    # slices for the full batch (a slice along N of (K, N, F) is strided per member, and
-    # bmm would copy it in the forward and again in the backward).
-    train_features = None
-    full_slices: list[Any] = []
-    if sampler is None and members.fixed and cache and batch:
-        train_features = members.prepare(train_x, dtype)
-    elif sampler is None and not batch:
-        full_slices = [members.prepare(train_x[i:i + step_rows], dtype) if cache
-                       else train_x[i:i + step_rows] for i in range(0, n_train, step_rows)]
+    feed = build_feed(problem, cfg.batch)
+    evaluator = Evaluator(problem, k, opts.seed)
+    rng = MemberRNG(seeds, device)
+    raw = isinstance(objective, Objective) and objective.needs_coords
+    cached_points = (0 if raw else feed.fixed_points()) + evaluator.fixed_points()
+    ctx = FeedContext(members, device, dtype,
+                      slice_rows(k, device, int(getattr(fields[0].network, "width", 256) or 256), precision),
+                      cached_points * members.point_bytes(dtype) <= FEATURE_CACHE_BYTES, rng)
+    feed.start(ctx, raw=raw)
+    evaluator.start(ctx, feed)
+    resumer = Resumer(fields, members, optimizer, rng, device)
+    network = fields[0].network
+    keep_graphs = isinstance(objective, OperatorObjective) and keep_grid_graphs(
+        objective.points, k, int(getattr(network, "width", 0) or 0), int(getattr(network, "depth", 0) or 0),
+        fields[0].encoding.out_dim, 1)
 
     history: list[list[dict[str, float]]] = [[] for _ in range(k)]
     first, elapsed_before = 1, 0.0
     if start is not None:
-        optimizer.load_state_dict(start.optimizer)
-        for i, s in enumerate(distinct):
-            generators[s].set_state(start.rng["sampler" if i == 0 else f"sampler_{i}"])
-        torch.set_rng_state(start.rng["torch_cpu"])
-        if device.type == "cuda" and "torch_cuda" in start.rng:
-            torch.cuda.set_rng_state(start.rng["torch_cuda"], device)
-        saved = start.history
-        history = [[dict(r) for r in saved]] if k == 1 else [
-            [dict(r) for r in saved if int(r.get("member", 0)) == i] for i in range(k)]
+        history = resumer.restore(start, k)
         first, elapsed_before = start.step + 1, start.elapsed
-    check_every = 1 if device.type == "cpu" else 10
     recent = torch.zeros(k, device=device)
+    terms: dict[str, torch.Tensor] = {}
 
-    def step_inputs(step: int) -> tuple[list[Any], torch.Tensor | list[torch.Tensor], int]:
-        """(slices of inputs, their targets, points per member) of this step."""
-        if sampler is not None:
-            drawn = [sampler(step, generators[s]) for s in distinct]
-            if len(distinct) == 1:
-                x, y = drawn[0][0].to(device), drawn[0][1].to(device)
-            else:
-                x = torch.stack([drawn[int(j)][0].to(device) for j in slot.tolist()])
-                y = torch.stack([drawn[int(j)][1].to(device) for j in slot.tolist()])
-        elif batch:
-            idx = torch.stack([torch.randint(n_train, (batch,), device=device, generator=generators[s])
-                               for s in distinct])[slot]  # (K, batch)
-            if train_features is not None:
-                feats, y = train_features[member_rows, idx], train_y[idx]
-                n = batch
-                return ([feats[:, i:i + step_rows] for i in range(0, n, step_rows)],
-                        [y[:, i:i + step_rows] for i in range(0, n, step_rows)], n)
-            x, y = (train_x[idx[0]], train_y[idx[0]]) if len(distinct) == 1 else (train_x[idx], train_y[idx])
-        elif cache:
-            return full_slices, train_y, n_train
-        else:
-            return [members.prepare(part, dtype) for part in full_slices], train_y, n_train
-        n = x.shape[-2]
-        xs = [x[..., i:i + step_rows, :] for i in range(0, n, step_rows)]
-        return ([members.prepare(part, dtype) for part in xs],
-                [y[..., i:i + step_rows, :] for i in range(0, n, step_rows)], n)
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - t0
 
-    def evaluate(step: int, losses: list[float]) -> list[dict[str, float]]:
-        out: list[dict[str, float]] = [{"step": float(step), "train_loss": v} for v in losses]
-        if objective.metric == "psnr":
-            for row in out:
-                row["train_psnr"] = objective.metric_of(row["train_loss"], 0.0, 1)
-        with torch.no_grad(), autocast(device, precision):
-            for name, (parts, y) in eval_in.items():
-                scores = Scores(k, objective)
-                offset = 0
-                for part in parts:
-                    pred = members(part if cache else members.prepare(part, dtype)).float()
-                    n = pred.shape[1]
-                    scores.add(pred, y[offset:offset + n])
-                    offset += n
-                for row, scored in zip(out, scores.result(), strict=True):
-                    row.update({f"{name}_{key}": value for key, value in scored.items()})
-        now = elapsed_before + time.perf_counter() - t0
-        for i, (row, hist) in enumerate(zip(out, history, strict=True)):
+    def evaluate(step: int) -> list[dict[str, float]]:
+        losses = recent.tolist()
+        rows: list[dict[str, float]] = [{"step": float(step), "train_loss": v} for v in losses]
+        named = {name: value.tolist() for name, value in terms.items()}
+        for i, row in enumerate(rows):
+            mine = {name: values[i] for name, values in named.items()}
+            if len(mine) > 1:
+                row.update({f"train_{name}": value for name, value in mine.items()})
+            metric = objective.train_metric(mine)
+            if metric is not None:
+                row[f"train_{objective.metric}"] = metric
+        for row, scored in zip(rows, evaluator.during(precision), strict=True):
+            row.update(scored)
+        now = elapsed()
+        for i, (row, hist) in enumerate(zip(rows, history, strict=True)):
             row["time"] = now
             if k > 1:
                 row["member"] = float(i)
             hist.append(row)
         if on_eval is not None:
-            on_eval(out[0])
-        return out
-
-    def all_finite() -> bool:
-        return bool(torch.isfinite(recent).all()) and all(
-            bool(torch.isfinite(p).all()) for p in members.parameters())
+            on_eval(rows[0])
+        return rows
 
     def capture(step: int) -> FitState:
         # Never hand out a diverged state: the last saved one stays the last good one.
-        if not all_finite():
-            _diverged(step, cfg, precision)
-        members.write_back(fields)
-        rng = {"torch_cpu": torch.get_rng_state()}
-        for i, s in enumerate(distinct):
-            rng["sampler" if i == 0 else f"sampler_{i}"] = generators[s].get_state().cpu()
-        if device.type == "cuda":
-            rng["torch_cuda"] = torch.cuda.get_rng_state(device)
-        rows_so_far = [dict(r) for hist in history for r in hist]
-        return FitState(step, member_states(fields), optimizer_state_cpu(optimizer), rng,
-                        rows_so_far, elapsed_before + time.perf_counter() - t0)
+        if not (bool(torch.isfinite(recent).all()) and all(bool(torch.isfinite(p).all())
+                                                           for p in members.parameters())):
+            stopper.diverged(step)
+        return resumer.capture(step, history, elapsed())
 
-    target_key = next((f"{name}_psnr" for name in ("val", "test") if name in eval_in), "train_psnr")
     stopped, last_step = "steps", first - 1
     members.train()
     t0 = time.perf_counter()
-    for step in range(first, cfg.steps + 1):
+    for step in range(first, opts.steps + 1):
         if scheduled:
-            factor = lr_factor(cfg.schedule, step, cfg.steps, warmup=cfg.warmup,
-                               decay_steps=cfg.decay_steps, budget=budget,
-                               elapsed=elapsed_before + time.perf_counter() - t0)
+            factor = lr_factor(opts.schedule, step, opts.steps, warmup=opts.warmup, decay_steps=opts.decay_steps,
+                               budget=opts.time_budget_s, elapsed=elapsed())
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * factor
-        parts, targets, n_step = step_inputs(step)
         optimizer.zero_grad(set_to_none=True)
-        recent = torch.zeros(k, device=device)
-        offset = 0
-        for j, part in enumerate(parts):
-            target = targets[j] if isinstance(targets, list) else targets[offset:offset + step_rows]
-            with autocast(device, precision):
-                pred = members(part)
-            n = pred.shape[1]
-            offset += n
-            # Each slice's per-member mean weighted by its share: the sum over slices is the
-            # step's mean loss, and its gradient for member k is member k's own.
-            losses = objective.loss(pred, target) * (n / n_step)
-            losses.sum().backward()
-            recent = recent + losses.detach()
+        slices = feed.step(step)
+        if isinstance(objective, OperatorObjective):
+            terms = operator_step(members, slices, objective, device, precision, keep_graphs)
+        else:
+            terms = pointwise_step(members, slices, objective, device, precision)
+        recent = _sum_terms(terms)
         optimizer.step()
-        if stop and step % check_every == 0 and not bool(torch.isfinite(recent).all()):
-            _diverged(step, cfg, precision)
-        out_of_time = budget is not None and elapsed_before + time.perf_counter() - t0 >= budget
+        stopper.check_loss(step, recent)
+        out_of_time = stopper.out_of_time(elapsed())
         reached = False
-        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
-            losses_now = recent.tolist()
-            if stop and not all(math.isfinite(v) for v in losses_now):
-                _diverged(step, cfg, precision)
-            rows_now = evaluate(step, losses_now)
-            reached = cfg.target_psnr is not None and all(
-                row.get(target_key, -math.inf) >= cfg.target_psnr for row in rows_now)
+        if step % opts.eval_every == 0 or step == opts.steps or out_of_time:
+            stopper.check_loss(step, recent, every=False)
+            reached = stopper.reached(evaluate(step))
         if on_step is not None:
             on_step(step, lambda step=step: capture(step))  # type: ignore[misc]
         last_step = step
@@ -385,22 +487,13 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
             break
     if device.type == "cuda":
         torch.cuda.synchronize()
-    wall = elapsed_before + time.perf_counter() - t0
+    wall = elapsed()
     members.eval()
     members.write_back(fields)
     for f in fields:
         f.eval()
 
-    # Final metrics in fp32 without autocast, every set in full.
-    final = [dict() for _ in range(k)]  # type: list[dict[str, float]]
-    with torch.no_grad():
-        for name, held in problem.final_sets().items():
-            scores = Scores(k, objective)
-            for x, y in _pairs(held, rows):
-                x, y = x.to(device), y.to(device)
-                scores.add(members(members.prepare(x, torch.float32)).float(), y)
-            for row, scored in zip(final, scores.result(), strict=True):
-                row.update({f"{name}_{key}": value for key, value in scored.items()})
+    final = evaluator.final()
     last = recent.tolist()
     results = []
     for i in range(k):
@@ -408,10 +501,10 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
         # weights or the fp32 predictions are not: that is a divergence too.
         bad = not math.isfinite(last[i]) or not all(math.isfinite(v) for v in final[i].values()) \
             or not all(bool(torch.isfinite(p).all()) for p in fields[i].parameters())
-        if bad and stop:
-            _diverged(last_step, cfg, precision)
+        if bad and stopper.stop:
+            stopper.diverged(last_step)
         results.append(MemberResult(history[i], final[i], diverged=bad))
-    return TrainResult(results, last_step, wall, str(device), precision, stopped)
+    return TrainResult(results, last_step, wall, str(device), precision, stopped, feed.describe())
 
 
 def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, precision: str,
@@ -422,13 +515,4 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
                    on_step=on_step, on_eval=on_eval)
     member = result.members[0]
     return FitResult(fld, member.history, member.metrics, result.steps, result.wall_time,
-                     result.device, result.precision, extra={"stopped": result.stopped})
-
-
-def _diverged(step: int, cfg: FitConfig, precision: str) -> None:
-    cause = (f"likely cause: the learning rate --lr {cfg.lr:g} is too high for this model "
-             f"(try {cfg.lr / 10:g})")
-    if precision != "fp32":
-        cause += f", or {precision} arithmetic overflowed (try --precision fp32)"
-    raise DivergenceError(f"the fit diverged (loss or weights NaN or infinite) at step {step}; "
-                          f"{cause}")
+                     result.device, result.precision, extra={"stopped": result.stopped, "feed": result.feed})

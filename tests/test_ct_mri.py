@@ -15,7 +15,6 @@ from nfit.cli import app
 from nfit.errors import UsageError
 from nfit.operators import KSpaceOperator, RotationProjector, paper_angles, parse_angles, variable_density_mask
 from nfit.phantoms import perturbed_shepp_logan
-from nfit.signals.measure import Measurement, MeasurementObjective
 
 TINY = ["--width", "64", "--depth", "3", "--features", "64", "--precision", "fp32", "--device", "cpu",
         "--eval-every", "50", "--quiet"]
@@ -92,6 +91,8 @@ def test_kspace_operator_matches_numpy_fft_and_its_adjoint() -> None:
 
 
 def test_variable_density_mask_is_the_papers() -> None:
+    from nfit.operators import paper_mri_mask
+
     mask, drawn = variable_density_mask((96, 96, 96), 0.126, seed=0)
     assert abs(mask.mean() - 0.126) < 1e-5
     # the paper's 200,000 Gaussian draws (covariance 2 * 96 * I) cover about 12.6%
@@ -101,26 +102,109 @@ def test_variable_density_mask_is_the_papers() -> None:
     assert mask[0, 0, 0]  # DC sampled: the centre was shifted onto the corner
     centred = np.fft.fftshift(mask)
     assert centred[40:56, 40:56, 40:56].mean() > 0.9 > 0.1 > centred[:10].mean()
+    # the same law as the paper's own draw (tests/test_threefry.py checks that one bit for bit)
+    paper = np.fft.fftshift(paper_mri_mask((96, 96, 96)))
+    for box in (np.s_[40:56, 40:56, 40:56], np.s_[30:66, 30:66, 30:66], np.s_[:20]):
+        assert abs(centred[box].mean() - paper[box].mean()) < 0.01
 
 
-def test_objective_in_slices_equals_the_whole_loss_and_gradient() -> None:
-    n = 16
-    proj = RotationProjector(n, paper_angles(5), "paper")
-    truth = torch.rand(1, n * n, generator=torch.Generator().manual_seed(1))
-    objective = MeasurementObjective(n * n, {"train": Measurement(proj, proj(truth)[0])})
-    pred = torch.rand(2, n * n, 1, requires_grad=True)
-    tags = objective.tags("train")
-    total = torch.zeros(2)
-    for start in range(0, n * n, 100):  # the loop's slices, weighted by their share
-        part = pred[:, start:start + 100]
-        loss = objective.loss(part, tags[start:start + 100]) * (part.shape[1] / (n * n))
-        loss.sum().backward()
-        total += loss.detach()
-    whole = ((proj(pred.detach()[..., 0]) - proj(truth)) ** 2).mean(dim=(1, 2))
-    assert torch.allclose(total, whole, rtol=1e-5)
-    ref = pred.detach().clone().requires_grad_(True)
-    ((proj(ref[..., 0]) - proj(truth)) ** 2).mean(dim=(1, 2)).sum().backward()
-    assert torch.allclose(pred.grad, ref.grad, rtol=1e-4, atol=1e-9)
+@pytest.mark.parametrize("keep_graphs", [False, True])
+@pytest.mark.parametrize("operator", ["ct", "mri"])
+def test_whole_grid_step_gradient_equals_the_full_graph_gradient(operator: str, keep_graphs: bool) -> None:
+    """The operator step (values without a graph, the gradient through the operator, then
+    slice by slice with a graph; or, on a small grid, every slice's graph kept) gives the
+    full-graph gradient of every member's weights."""
+    from nfit.config import FitConfig
+    from nfit.device import slice_rows
+    from nfit.feeds import FeedContext, GridFeed, MemberRNG
+    from nfit.field import build_field
+    from nfit.objectives import Measurement, OperatorObjective
+    from nfit.signals.grid import grid_coords
+    from nfit.stack import Members
+    from nfit.train import operator_step
+
+    g = torch.Generator().manual_seed(3)
+    shape: tuple[int, ...]
+    if operator == "ct":
+        shape, n = (16, 16), 16
+        proj = RotationProjector(n, paper_angles(5), "paper")
+        sets = {"train": Measurement(proj, proj(torch.rand(1, n * n, generator=g))[0], 1.0, 0.5)}
+    else:
+        shape = (6, 8, 5)
+        op = KSpaceOperator(np.random.default_rng(0).random(shape) < 0.4)
+        sets = {"train": Measurement(op, op(torch.rand(1, *shape, generator=g).double())[0].to(torch.complex64))}
+    objective = OperatorObjective(shape, sets)
+    cfg = FitConfig(width=32, depth=3, features=16, sigma=3.0)
+    fields = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        spec = {"in_dim": len(shape), "out_dim": 1, "encoding": {**cfg.encoding_spec(), "seed": seed},
+                "network": cfg.network_spec()}
+        fields.append(build_field(spec))
+    members = Members(fields)
+    coords = grid_coords(shape)
+    feed = GridFeed(coords)
+    # slices of 37 rows: many, and the last one short
+    cpu = torch.device("cpu")
+    feed.start(FeedContext(members, cpu, torch.float32, 37, True, MemberRNG([0, 1], cpu)))
+    assert len(feed.step(1)) > 3
+    terms = operator_step(members, feed.step(1), objective, torch.device("cpu"), "fp32", keep_graphs)
+    got = [p.grad.clone() for p in members.parameters()]
+
+    ref = Members(fields)
+    values = ref(ref.prepare(coords, torch.float32))[..., 0]  # one graph over the whole grid
+    loss = objective.loss(values)
+    loss.sum().backward()
+    assert torch.allclose(terms["data"], loss.detach(), rtol=1e-5)
+    for a, b in zip(got, [p.grad for p in ref.parameters()], strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7 * float(b.abs().max()))
+    assert slice_rows(2, torch.device("cpu")) < len(coords) * 40  # sanity: the cap is a slice, not the grid
+
+
+def test_measurement_fit_scores_held_out_sets_above_the_subset_threshold(tmp_path: Path, monkeypatch) -> None:
+    """A measurement fit whose grid is larger than the thresholds at which held-out sets are
+    subsampled trains, evaluates every step and scores the whole grid (the crash of a 96^3
+    MRI or a 1024^2 CT at its first evaluation, at test size)."""
+    import nfit.train as train_mod
+
+    monkeypatch.setattr(train_mod, "EVAL_FULL_MAX", 256)
+    monkeypatch.setattr(train_mod, "EVAL_SUBSET", 128)
+    rng = np.random.default_rng(0)
+    vol = np.zeros((12, 12, 12), dtype=np.float32)
+    vol[3:9, 4:8, 2:10] = 0.8
+    vol += 0.1 * rng.random(vol.shape).astype(np.float32)
+    path = tmp_path / "vol.npy"
+    np.save(path, vol)
+    out = tmp_path / "mri"
+    result = CliRunner().invoke(app, ["mri", str(path), *TINY, "--steps", "6", "--eval-every", "1",
+                                      "--held-out", "0.2", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {"train", "val", "test"} <= set(report) and report["test"]["psnr"] > 5
+    rows = (out / "curve.csv").read_text().splitlines()
+    assert rows[0].split(",")[:3] == ["step", "train_loss", "train_psnr"] and len(rows) == 7
+    header = rows[0].split(",")
+    last = dict(zip(header, map(float, rows[-1].split(",")), strict=True))
+    # the curve's held-out scores are the whole grid's: the last one is the report's value
+    assert last["val_psnr"] == pytest.approx(report["val"]["psnr"], abs=0.05)
+    assert last["test_psnr"] == pytest.approx(report["test"]["psnr"], abs=0.05)
+
+
+def test_ct_curve_and_report_give_the_same_training_psnr(tmp_path: Path, phantom32: Path) -> None:
+    """One definition per metric: the curve's train_psnr (the step's loss, in image units)
+    and the report's (the fitted projections after the last step) are the same quantity,
+    so they agree at the end of a converging fit."""
+    out = tmp_path / "ct"
+    result = CliRunner().invoke(app, ["ct", str(phantom32), *TINY, "--steps", "40", "--eval-every", "40",
+                                      "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    header, last = (line.split(",") for line in (out / "curve.csv").read_text().splitlines()[::40][:1] +
+                    (out / "curve.csv").read_text().splitlines()[-1:])
+    row = dict(zip(header, map(float, last), strict=True))
+    assert report["train"]["psnr"] > 15
+    assert row["train_psnr"] == pytest.approx(report["train"]["psnr"], abs=1.0)
+    assert "train" in report["psnr_on"]
 
 
 @pytest.fixture
@@ -255,6 +339,11 @@ def test_bad_inputs_one_line_right_code_nothing_written(tmp_path: Path, phantom3
     _bad(tmp_path, ["sweep", "ct", str(phantom32), "--sigma", "1,2"], 2, "validation")
     result = CliRunner().invoke(app, ["kernel", "ct", str(phantom32), "--out", str(tmp_path / "never"), "--quiet"])
     assert result.exit_code == 2 and "measurement operator" in result.output and not (tmp_path / "never").exists()
+    for args, words in ((["--paper", "--count", "3"], "drop --count"), (["--paper", "--size", "1"], "--size >= 2")):
+        result = CliRunner().invoke(app, ["phantom", "shepp", *args, "--out", str(tmp_path / "never")])
+        lines = [line for line in result.output.strip().splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and words in lines[0], result.output
+        assert not (tmp_path / "never").exists()
 
 
 def test_paper_protocol_sets_the_recipe_per_encoding() -> None:
@@ -262,11 +351,196 @@ def test_paper_protocol_sets_the_recipe_per_encoding() -> None:
 
     gauss = merge_config({}, {"protocol": "paper", "encoding": "gauss"}, kind="ct")
     none = merge_config({}, {"protocol": "paper", "encoding": "none"}, kind="ct")
-    assert (gauss.lr, gauss.sigma, gauss.steps, gauss.projector, gauss.views) == (1e-3, 4.0, 1000, "paper", 20)
+    # 976: the update after which the notebook takes the evaluation its table reports
+    assert (gauss.lr, gauss.sigma, gauss.steps, gauss.projector, gauss.views) == (1e-3, 4.0, 976, "paper", 20)
     assert none.lr == 1e-2
     mri = merge_config({}, {"protocol": "paper", "encoding": "posenc"}, kind="mri")
-    assert (mri.lr, mri.sigma, mri.grid, mri.fraction) == (2e-3, 4.0, "96x96x96", 0.126)
+    # no --fraction: the paper's own mask
+    assert (mri.lr, mri.sigma, mri.grid, mri.fraction, mri.steps) == (2e-3, 4.0, "96x96x96", None, 976)
     with pytest.raises(UsageError, match="applies to mri fits only"):
         merge_config({}, {"fraction": 0.2}, kind="ct")
     with pytest.raises(UsageError, match="applies to ct fits only"):
         merge_config({}, {"projector": "paper"}, kind="mri")
+
+
+def test_paper_projector_samples_what_the_notebooks_ct_project_samples() -> None:
+    import hashlib
+
+    from nfit.operators import _paper_sources, paper_thetas
+
+    # the notebook's ct_project (JAX 0.10.2, CPU) on a 64 x 64 image of pixel numbers: the
+    # flat source pixel of every output pixel at the 20 angles (-1 outside), sha256 of int32
+    n = 64
+    maps = []
+    for theta in paper_thetas(20):
+        ix, iy = _paper_sources(n, theta)
+        ok = (ix >= 0) & (ix < n) & (iy >= 0) & (iy < n)
+        maps.append(np.where(ok, iy * n + ix, -1))
+    digest = hashlib.sha256(np.stack(maps).astype("<i4").tobytes()).hexdigest()
+    assert digest == "7c532d6265b0d8957cb62fd4ee53f28d48addc478972ad20928cbf83f0a5ea73"
+    assert np.allclose(paper_thetas(20), np.radians(paper_angles(20)), rtol=1e-6)
+
+
+def test_paper_projector_turns_against_skimage_and_fbp_follows() -> None:
+    n = 48
+    yy, xx = np.mgrid[:n, :n]
+    image = disc(n, 20) * (0.3 + 0.6 * (xx > yy + 5))  # no mirror symmetry across the views
+    angles = np.array([30.0])
+    paper = project(image, angles, "paper") * n
+    assert np.abs(paper - project(image, -angles, "standard")).mean() < 0.1 * np.abs(paper).mean()
+    assert np.abs(paper - project(image, angles, "standard")).mean() > 0.3 * np.abs(paper).mean()
+    from nfit.operators import fbp
+
+    views = paper_angles(90)
+    back = fbp(project(image, views, "paper").astype(np.float32), views, "paper")
+    inside = disc(n, 17) > 0
+    assert np.abs(back - image)[inside].mean() < 0.05
+
+
+def test_ct_of_a_non_square_slice_pads_scores_and_writes_its_own_size(tmp_path: Path) -> None:
+    from nfit.formats.images import read_image, write_image
+    from nfit.operators import detector_square
+
+    h, w = 18, 26
+    yy, xx = np.mgrid[:h, :w]
+    image = 0.2 + 0.6 * np.exp(-((xx - 15) ** 2 + (yy - 8) ** 2) / 30.0)  # non-zero to the edges
+    write_image(tmp_path / "slice.png", image, 16)
+    out = tmp_path / "ct"
+    result = CliRunner().invoke(app, ["ct", str(tmp_path / "slice.png"), "--views", "24", "--sigma", "1",
+                                      "--steps", "300", "--lr", "1e-2", "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    side, top, left = detector_square(h, w)
+    assert report["signal"]["shape"] == [side, side] and report["signal"]["image_shape"] == [h, w]
+    assert report["signal"]["offset"] == [top, left] and report["signal"]["test_points"] == h * w
+    assert report["test"]["psnr"] > 25.0  # scored on the slice's 18 x 26 pixels (measured: 28.5 dB)
+    recon, _ = read_image(out / "recon.png")
+    fbp_image, _ = read_image(out / "fbp.png")
+    assert recon.shape[:2] == (h, w) and fbp_image.shape[:2] == (h, w)
+    assert 10 * np.log10(1 / np.mean((recon[..., 0] - image) ** 2)) == pytest.approx(report["test"]["psnr"], abs=0.3)
+    result = CliRunner().invoke(app, ["render", str(out / "model.safetensors"), "--out", str(tmp_path / "again.png"),
+                                      "--quiet"])
+    assert result.exit_code == 0, result.output
+    again, _ = read_image(tmp_path / "again.png")
+    assert again.shape[:2] == (h, w) and np.abs(again - recon).max() < 1e-3
+    # a sinogram of the padded slice (skimage's radon with circle=False) with the slice as truth
+    from skimage.transform import radon
+
+    sino = radon(image, theta=paper_angles(24), circle=False).T.astype(np.float32)
+    assert sino.shape[1] == side
+    np.save(tmp_path / "sino.npy", sino)
+    result = CliRunner().invoke(app, ["ct", str(tmp_path / "slice.png"), "--sinogram", str(tmp_path / "sino.npy"),
+                                      "--angles", "0:180:24", "--steps", "20", "--out", str(tmp_path / "m"), *TINY])
+    assert result.exit_code == 0, result.output
+    np.save(tmp_path / "narrow.npy", sino[:, :-3])
+    _bad(tmp_path, ["ct", str(tmp_path / "slice.png"), "--sinogram", str(tmp_path / "narrow.npy"),
+                    "--angles", "0:180:24"], 1, f"detector square (padded as radon(circle=False) pads it) is {side}")
+
+
+def test_mri_paper_protocol_scales_resizes_and_masks_as_the_notebook(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from nfit.config import merge_config
+    from nfit.operators import paper_mri_mask
+    from nfit.signals.mri import _prepare_data, area_resize
+
+    # the notebook's local-mean resize: 4 -> 2 averages pairs, 3 -> 2 weighs by overlap
+    assert np.allclose(area_resize(np.arange(4.0).reshape(4, 1, 1), (2, 1, 1)).ravel(), [0.5, 2.5])
+    assert np.allclose(area_resize(np.array([0.0, 3.0, 6.0]).reshape(3, 1, 1), (2, 1, 1)).ravel(), [1.0, 5.0])
+    raw = (smooth_volume(12) * 200).astype(np.uint8)  # brightest voxel below 255
+    nib.save(nib.Nifti1Image(raw, np.eye(4)), str(tmp_path / "v.nii.gz"))
+    cfg = merge_config({}, {"protocol": "paper", "encoding": "gauss", "grid": "8x8x8"}, kind="mri")
+    data = _prepare_data(tmp_path / "v.nii.gz", cfg)
+    assert data.truth is not None and data.truth.shape == (8, 8, 8)
+    assert np.allclose(data.truth, area_resize(raw / 255.0, (8, 8, 8)), atol=1e-6)  # /255, not min-max
+    assert data.meta["range"] == [0.0, 255.0]
+    assert np.array_equal(np.sort(data.index), np.flatnonzero(paper_mri_mask((8, 8, 8)).ravel()))
+    plain = _prepare_data(tmp_path / "v.nii.gz", merge_config({}, {"grid": "8x8x8"}, kind="mri"))
+    assert plain.truth is not None and plain.truth.max() == pytest.approx(1.0, abs=0.05)  # nfit's min-max
+
+
+def _paper_ct_loop(image: np.ndarray, b: np.ndarray, weights: list[tuple[np.ndarray, np.ndarray]],
+                   lr: float, iters: int) -> float:
+    """Experiments/2d_CT's train_model for one image, transcribed to torch: the input
+    encoder [sin, cos](2 pi x B^T), the stax MLP (Dense-Relu x3, Dense, Sigmoid), ct_project,
+    0.5 mean squared sinogram error, Adam; returns the test PSNR after ``iters`` updates."""
+    res = image.shape[0]
+    x1 = torch.linspace(0, 1, res + 1)[:-1]
+    xx, yy = torch.meshgrid(x1, x1, indexing="xy")  # np.meshgrid(x1, x1): [..., 0] runs along columns
+    x_train = torch.stack([xx, yy], dim=-1)
+    bt = torch.from_numpy(b)
+
+    def input_encoder(x: torch.Tensor) -> torch.Tensor:
+        proj = (2.0 * torch.pi * x) @ bt.T
+        return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+
+    params = [(torch.tensor(w, requires_grad=True), torch.tensor(c, requires_grad=True)) for w, c in weights]
+
+    def run_model(x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(-1, x.shape[-1])
+        for i, (w, c) in enumerate(params):
+            h = h @ w + c
+            h = torch.relu(h) if i < len(params) - 1 else torch.sigmoid(h)
+        return h.reshape(x.shape[0], x.shape[1])
+
+    def ct_project(img: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        n = img.shape[0]
+        axis = torch.arange(n, dtype=torch.float32) / n - 0.5
+        y, x = torch.meshgrid(axis, axis, indexing="ij")
+        x_rot = (x * torch.cos(theta) - y * torch.sin(theta) + 0.5) * n
+        y_rot = (x * torch.sin(theta) + y * torch.cos(theta) + 0.5) * n
+
+        def nearest(v: torch.Tensor) -> torch.Tensor:  # map_coordinates, order 0: half away from zero
+            v = v.double()
+            return (torch.sign(v) * torch.floor(v.abs() + 0.5)).long()
+
+        iy, ix = nearest(y_rot), nearest(x_rot)
+        ok = (iy >= 0) & (iy < n) & (ix >= 0) & (ix < n)
+        resampled = torch.where(ok, img[iy.clamp(0, n - 1), ix.clamp(0, n - 1)], torch.zeros(()))
+        return resampled.mean(dim=0)
+
+    thetas = torch.linspace(0.0, torch.pi, 21)[:-1]
+    target = torch.from_numpy(image)
+    y_train = torch.stack([ct_project(target, t) for t in thetas])
+    features = input_encoder(x_train)
+    opt = torch.optim.Adam([p for pair in params for p in pair], lr=lr)
+    for _ in range(iters):
+        opt.zero_grad()
+        image_now = run_model(features)  # compute_projs: ct_project_batch(run_model(params, x), thetas)
+        loss = 0.5 * torch.mean((torch.stack([ct_project(image_now, t) for t in thetas]) - y_train) ** 2)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        mse = torch.mean((torch.clamp(run_model(features), 0.0, 1.0) - target) ** 2)
+    return float(-10 * torch.log10(mse))
+
+
+def test_ct_fit_equals_a_transcription_of_the_papers_loop(tmp_path: Path) -> None:
+    """nfit ct --protocol paper against the notebook's loop written out in torch: the same
+    phantom (the paper's first test phantom at 64^2), the same B and the same initial weights
+    (copied from nfit's field); 200 steps, a 32-wide network to keep it quick."""
+    from nfit.api import prepare_task
+    from nfit.config import merge_config
+    from nfit.formats.images import read_image, write_image
+    from nfit.phantoms import paper_shepp_logan
+    from nfit.signals.base import build_task_field
+
+    write_image(tmp_path / "p.png", paper_shepp_logan(64)[0], 16)
+    image = read_image(tmp_path / "p.png")[0][..., 0].astype(np.float32)  # what nfit reads
+    args = {"protocol": "paper", "encoding": "gauss", "steps": 200, "width": 32, "features": 32,
+            "precision": "fp32", "device": "cpu", "eval_every": 200}
+    out = tmp_path / "ct"
+    flags = [f"--{k.replace('_', '-')}" if i == 0 else str(v) for k, v in args.items() for i in range(2)]
+    result = CliRunner().invoke(app, ["ct", str(tmp_path / "p.png"), *flags, "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 200 and report["config"]["lr"] == 1e-3 and report["config"]["sigma"] == 4.0
+    cfg = merge_config({}, args, kind="ct")
+    fld = build_task_field(prepare_task("ct", tmp_path / "p.png", cfg), cfg)  # the fit's initial field
+    b = fld.encoding.B.numpy().copy()
+    linears = [m for m in fld.network.modules() if isinstance(m, torch.nn.Linear)]
+    weights = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy()) for m in linears]
+    m = b.shape[0]
+    weights[0] = (np.concatenate([weights[0][0][m:], weights[0][0][:m]]), weights[0][1])  # [cos, sin] -> [sin, cos]
+    theirs = _paper_ct_loop(image, b, weights, 1e-3, 200)
+    assert report["test"]["psnr"] == pytest.approx(theirs, abs=0.1)

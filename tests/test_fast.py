@@ -12,20 +12,21 @@ import torch
 from typer.testing import CliRunner
 
 import nfit.config
+import nfit.feeds
 from nfit.api import fit_task, prepare_task, run
 from nfit.checkpoint import load_checkpoint
 from nfit.cli import app
-from nfit.config import AUTO_MINIBATCH, FitConfig, merge_config, parse_duration
+from nfit.config import FitConfig, merge_config, parse_duration
 from nfit.errors import UsageError
+from nfit.field import predict
 from nfit.formats.images import read_image
-from nfit.memory import member_bytes
+from nfit.job import member_bytes
 from nfit.problem import Problem
 from nfit.schedules import lr_factor
 from nfit.signals.base import Task
 from nfit.signals.grid import grid_coords
 from nfit.sizing import count_parameters, size_to_params
 from nfit.spec import FitSpec
-from nfit.train import predict
 
 runner = CliRunner()
 
@@ -80,16 +81,18 @@ def test_paper_protocol_restores_the_constant_full_batch_recipe() -> None:
 
 
 def test_batch_auto_full_batch_small_minibatches_large(tiny_rgb: Path, monkeypatch) -> None:
+    from nfit.feeds import AUTO_MINIBATCH, fixed_batch
+
     cfg = FitConfig()
-    assert cfg.batch == "auto" and cfg.batch_points(256 * 256) == 0
-    assert cfg.batch_points(2040 * 1356) == AUTO_MINIBATCH
-    assert FitConfig(batch=512).batch_points(1000) == 512 and FitConfig(batch="full").batch_points(10**7) == 0
+    assert cfg.batch == "auto" and fixed_batch(cfg.batch, 256 * 256) == 0
+    assert fixed_batch(cfg.batch, 2040 * 1356) == AUTO_MINIBATCH
+    assert fixed_batch(FitConfig(batch=512).batch, 1000) == 512 and fixed_batch("full", 10**7) == 0
     with pytest.raises(UsageError, match="--batch"):
         FitConfig(batch="lots").validate()
     # the loop follows the rule: with the threshold below the tiny image's 1024 pixels,
     # auto trains exactly as --batch 256 does, and not as the full batch
-    monkeypatch.setattr(nfit.config, "AUTO_FULL_BATCH", 1000)
-    monkeypatch.setattr(nfit.config, "AUTO_MINIBATCH", 256)
+    monkeypatch.setattr(nfit.feeds, "AUTO_FULL_BATCH", 1000)
+    monkeypatch.setattr(nfit.feeds, "AUTO_MINIBATCH", 256)
     task = prepare_task("image", tiny_rgb, tiny(steps=5))
     auto = fit_task(task, tiny(steps=5)).field.state_dict()
     fixed = fit_task(task, tiny(steps=5, batch=256)).field.state_dict()
@@ -205,11 +208,11 @@ def test_resumed_cosine_fit_is_bit_identical(tiny_rgb: Path) -> None:
 
 
 def test_render_in_cpu_chunks_matches_one_chunk_and_the_fits_precision() -> None:
+    from nfit.device import eval_chunk
     from nfit.encodings import build_encoding
-    from nfit.field import Field
+    from nfit.field import Field, InPrecision
     from nfit.networks import build_network
     from nfit.signals.grid import render_grid
-    from nfit.train import InPrecision, eval_chunk
 
     torch.manual_seed(0)
     enc = build_encoding({"type": "gauss", "sigma": 4.0, "features": 16, "seed": 0}, 2)

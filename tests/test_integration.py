@@ -21,10 +21,11 @@ from typer.testing import CliRunner
 from nfit.api import build_task_field, prepare_task
 from nfit.cli import app
 from nfit.config import FitConfig
+from nfit.field import predict
 from nfit.geometry import iou
 from nfit.signals.mesh import predicted_inside
 from nfit.sweep import parse_sigmas, run_sweep
-from nfit.train import fit, predict, train
+from nfit.train import fit, train
 
 CPU = ["--device", "cpu", "--precision", "fp32"]
 TINY_NET = ["--features", "16", "--width", "32", "--depth", "3"]

@@ -171,3 +171,64 @@ def test_bad_inputs_one_line_exit_1(tmp_path: Path) -> None:
         assert len(text.splitlines()) == 1 and text.startswith("nfit: error:"), (name, text)
         assert message.lower() in text.lower(), (name, text)
         assert not out.exists(), name
+
+
+def test_eikonal_term_gradient_equals_autograd_on_the_field() -> None:
+    """The loop's differentiable slices (coordinates requiring grad, features in the graph)
+    give the weights the gradient of MSE + w mean (|grad_x f| - 1)^2 computed directly on
+    the field, and the term's value is the field's mean (|grad f| - 1)^2."""
+    import torch
+
+    from nfit.feeds import Slice
+    from nfit.field import build_field
+    from nfit.objectives import EikonalObjective
+    from nfit.stack import Members
+    from nfit.train import pointwise_step
+
+    cfg = FitConfig(sigma=1.5, features=16, width=32, depth=3)
+    torch.manual_seed(0)
+    fld = build_field({"in_dim": 3, "out_dim": 1, "encoding": cfg.encoding_spec(),
+                       "network": cfg.network_spec("identity")})
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(300, 3, generator=g) * 2 - 1
+    y = (x.norm(dim=1, keepdim=True) - 0.5)
+    objective = EikonalObjective(0.3)
+    members = Members([fld])
+    slices = [Slice(y[i:i + 128], len(x[i:i + 128]) / len(x), coords=x[i:i + 128], differentiable=True)
+              for i in range(0, len(x), 128)]
+    terms = pointwise_step(members, slices, objective, torch.device("cpu"), "fp32")
+    got = [p.grad.clone() for p in members.parameters()]
+
+    ref = x.clone().requires_grad_(True)
+    pred = fld(ref)
+    (grad_x,) = torch.autograd.grad(pred.sum(), ref, create_graph=True)
+    eikonal = ((grad_x.norm(dim=1) - 1) ** 2).mean()
+    loss = ((pred - y) ** 2).mean() + 0.3 * eikonal
+    fld.zero_grad()
+    loss.backward()
+    want = {name: p.grad for name, p in fld.named_parameters()}
+    assert float(terms["eikonal"][0]) == pytest.approx(0.3 * float(eikonal.detach()), rel=1e-4)
+    stacked = dict(zip([n for n, _ in members.named_parameters()], got, strict=True))
+    # the stack holds W transposed, (K, in, out); compare the first layer's weight and the last bias
+    first_w = stacked["network.weights.0"][0].T
+    assert torch.allclose(first_w, want["network.layers.0.weight"], rtol=1e-4, atol=1e-7)
+
+
+def test_eikonal_fit_from_the_command_line(tmp_path: Path) -> None:
+    """--eikonal adds the term on a real fit (its curve gives both terms); a grid encoding is
+    refused with one line, nothing written."""
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=1.0)
+    src = tmp_path / "ball.stl"
+    sphere.export(src)
+    small = ["--sigma", "1", "--features", "16", "--width", "32", "--depth", "3", "--steps", "20",
+             "--eval-every", "10", "--pool", "2000", "--batch", "512", "--resolution", "16",
+             "--precision", "fp32", "--device", "cpu", "--quiet"]
+    out = tmp_path / "eik"
+    result = CliRunner().invoke(app, ["sdf", str(src), *small, "--eikonal", "0.1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    header = (out / "curve.csv").read_text().splitlines()[0].split(",")
+    assert {"train_mse", "train_eikonal"} <= set(header)
+    bad = CliRunner().invoke(app, ["sdf", str(src), *small, "--eikonal", "0.1", "--encoding", "hashgrid",
+                                   "--out", str(tmp_path / "grid")])
+    assert bad.exit_code == 2 and "eikonal" in bad.output and len(bad.output.strip().splitlines()) == 1
+    assert not (tmp_path / "grid").exists()

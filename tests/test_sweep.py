@@ -17,7 +17,8 @@ from nfit.checkpoint import load_checkpoint
 from nfit.cli import app
 from nfit.config import FitConfig
 from nfit.errors import UsageError
-from nfit.memory import member_bytes, plan_groups
+from nfit.job import member_bytes
+from nfit.memory import plan_groups
 from nfit.signals import Task
 from nfit.signals.grid import interleaved_split
 from nfit.signals.image import grid_problem
@@ -114,8 +115,7 @@ def _band_limited_task(n: int = 64) -> Task:
     v = 0.5 + 0.2 * torch.sin(2 * math.pi * (2 * x + y)) + 0.2 * torch.cos(2 * math.pi * 3 * y)
     split = interleaved_split((n, n))
     problem = grid_problem(v.reshape(-1, 1).float(), (n, n), split)
-    return Task("image", 2, 1, problem, {"kind": "image", "shape": [n, n]},
-                context={"split": split})
+    return Task("image", 2, 1, problem, {"kind": "image", "shape": [n, n]})
 
 
 SYNTH = dict(features=32, width=32, depth=3, steps=150, lr=1e-2, device="cpu",

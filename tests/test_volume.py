@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from nfit.cli import app
 from nfit.formats.volumes import read_volume, scaled_affine, write_volume
-from nfit.problem import BCEObjective, Objective, Scores
+from nfit.objectives import BCEObjective, Objective, Scores
 from nfit.signals.volume import Lattice, Masked, VoxelPoints, random_roles, volume_split
 
 TINY = ["--width", "64", "--depth", "3", "--features", "64", "--precision", "fp32",

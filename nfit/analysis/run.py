@@ -30,6 +30,7 @@ from nfit.analysis.spectral_bias import run_spectral_bias
 from nfit.analysis.study import EncodingStudy, KernelOptions, study_encoding, subsample
 from nfit.config import FitConfig
 from nfit.device import resolve_device
+from nfit.html import write_html_report
 from nfit.io import atomic_write_json
 
 KERNEL_FILES = ["spectrum.csv", "spectrum.png", "kernel_row.png", "prediction.png", "report.json"]
@@ -49,7 +50,7 @@ def _write_guarded(out_dir: Path, write: Callable[[], None]) -> None:
 
 def kernel_file(kind: str, path: str | Path, cfgs: list[FitConfig], opts: KernelOptions,
                 out_dir: str | Path,
-                on_encoding: Callable[[EncodingStudy], None] | None = None) -> dict[str, Any]:
+                on_encoding: Callable[[EncodingStudy], None] | None = None, html: bool = True) -> dict[str, Any]:
     """Study the tangent kernel of each config's field on the signal in ``path`` and write
     spectrum.csv/png, kernel_row.png, prediction.png and report.json into ``out_dir``.
 
@@ -58,7 +59,9 @@ def kernel_file(kind: str, path: str | Path, cfgs: list[FitConfig], opts: Kernel
     """
     import torch
 
-    from nfit.api import build_task_field, prepare_task, versions
+    from nfit.outputs import versions
+    from nfit.signals import build_task_field
+    from nfit.tasks import prepare_task
 
     opts.validate()
     out_dir = Path(out_dir)
@@ -92,17 +95,27 @@ def kernel_file(kind: str, path: str | Path, cfgs: list[FitConfig], opts: Kernel
                       f"tangent kernel spectrum, {len(data.train_x)} points")
         plot_kernel_rows(out_dir / "kernel_row.png", studies)
         plot_prediction(out_dir / "prediction.png", studies)
+        if html:
+            write_html_report(out_dir, report)
         atomic_write_json(out_dir / "report.json", _finite(report))
 
     _write_guarded(out_dir, write)
     return report
 
 
-def spectral_bias_file(ps: list[float], out_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """Run ``run_spectral_bias(ps, **kwargs)`` and write its figures and report.json."""
-    out_dir = Path(out_dir)
+def spectral_bias_file(ps: list[float] | str, out_dir: str | Path | None = None, *, force: bool = False,
+                       **kwargs: Any) -> dict[str, Any]:
+    """``nfit spectral-bias``: run ``run_spectral_bias(ps, **kwargs)`` and write its figures and
+    report.json (last) into ``out_dir`` (default runs/spectral-bias; an existing one needs
+    ``force``). ``ps``: the exponents, or their comma-separated text. The report's "out"
+    is the directory written."""
+    from nfit.analysis.spectral_bias import parse_p_list
+    from nfit.io import resolve_out_dir
+
+    ps = parse_p_list(ps) if isinstance(ps, str) else ps
+    out_dir = resolve_out_dir(Path(out_dir) if out_dir is not None else None, Path("runs") / "spectral-bias", force)
     targets, results = run_spectral_bias(ps, **kwargs)
-    from nfit.api import versions
+    from nfit.outputs import versions
 
     report = {"experiment": "1D spectral bias (Tancik et al. 2020, Sec. 5)", "settings": kwargs,
               "n": len(targets), "results": [r.summary() for r in results],
@@ -118,7 +131,7 @@ def spectral_bias_file(ps: list[float], out_dir: str | Path, **kwargs: Any) -> d
         atomic_write_json(out_dir / "report.json", _finite(report))
 
     _write_guarded(out_dir, write)
-    return report
+    return {**report, "out": str(out_dir)}
 
 
 def _finite(obj: Any) -> Any:

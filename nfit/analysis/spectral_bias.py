@@ -27,8 +27,12 @@ from torch import nn
 
 from nfit.analysis.ntk import make_ntk_fn
 from nfit.analysis.predict import eigh_desc, stable_lr
-from nfit.errors import UsageError
+from nfit.config import FitConfig
+from nfit.errors import DivergenceError, UsageError
+from nfit.field import Field
 from nfit.networks import MLP
+from nfit.problem import Problem
+from nfit.train import train
 
 
 class PowerLawFeatures(nn.Module):
@@ -48,23 +52,25 @@ class PowerLawFeatures(nn.Module):
         self.register_buffer("b", j.float())
         self.register_buffer("a", (j ** -float(p) if math.isfinite(p) else torch.ones(1,
                                    dtype=torch.float64)).float())
-        self.in_dim, self.out_dim = 1, 2 * n_freq
+        self.in_dim, self.out_dim, self.p = 1, 2 * n_freq, float(p)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         proj = 2 * math.pi * v * self.b
         return torch.cat([self.a * torch.cos(proj), self.a * torch.sin(proj)], dim=-1)
 
+    def spec(self) -> dict[str, Any]:
+        return {"type": "powerlaw", "p": self.p, "n_freq": self.out_dim // 2}
 
-class PowerLawField(nn.Module):
-    """encoding then nfit's MLP with a linear output: (N, 1) -> (N, 1)."""
+
+class PowerLawField(Field):
+    """The power-law mapping then nfit's MLP with a linear output: (N, 1) -> (N, 1); a
+    ``Field``, so the training loop trains it as it trains any other."""
 
     def __init__(self, p: float, n_freq: int, width: int, depth: int) -> None:
-        super().__init__()
-        self.encoding = PowerLawFeatures(p, n_freq)
-        self.network = MLP(self.encoding.out_dim, 1, width=width, depth=depth, output="identity")
-
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return self.network(self.encoding(v))
+        encoding = PowerLawFeatures(p, n_freq)
+        network = MLP(encoding.out_dim, 1, width=width, depth=depth, output="identity")
+        super().__init__(encoding, network, {"in_dim": 1, "out_dim": 1, "encoding": encoding.spec(),  # type: ignore[arg-type]
+                                             "network": network.spec()})
 
 
 def parse_p_list(text: str) -> list[float]:
@@ -142,24 +148,7 @@ def run_spectral_bias(ps: list[float], *, alpha: float = 1.0, n: int = 64, width
         kernel = make_ntk_fn(fld)(x_train).numpy()
         lam, _ = eigh_desc(kernel)
         lr = stable_lr(float(lam[0]), len(x_train), 1)
-        optimizer = torch.optim.SGD(fld.parameters(), lr=lr)
-        records, recorded = [], []
-        for step in range(steps + 1):
-            pred = fld(x_train)
-            if step % record_every == 0 or step == steps:
-                residual = (pred.detach() - y_train)[:, 0].double().numpy()
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    records.append(np.abs(np.fft.rfft(residual)) / y_hat)
-                recorded.append(step)
-            if step == steps:
-                break
-            loss = F.mse_loss(pred, y_train)
-            if not torch.isfinite(loss):
-                raise UsageError(f"gradient descent diverged for p={p:g}; "
-                                 "try fewer --steps or a smaller --width")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        records, recorded = _descend(fld, x_train, y_train, y_hat, lr, steps, record_every, p)
         with torch.no_grad():
             train_mse = float(F.mse_loss(fld(x_train), y_train))
             test_mse = float(F.mse_loss(fld(x_test), y_test))
@@ -169,3 +158,31 @@ def run_spectral_bias(ps: list[float], *, alpha: float = 1.0, n: int = 64, width
         results.append(SpectralBiasResult(p, lam, np.array(recorded), band, train_mse, test_mse,
                                           lr, prediction))
     return y_all, results
+
+
+def _descend(fld: Field, x_train: torch.Tensor, y_train: torch.Tensor, y_hat: np.ndarray, lr: float,
+             steps: int, record_every: int, p: float) -> tuple[list[np.ndarray], list[int]]:
+    """Plain full-batch gradient descent on the MSE through the training loop; the residual's
+    spectrum relative to the target's at step 0 and every ``record_every`` steps."""
+    records: list[np.ndarray] = []
+    recorded: list[int] = []
+
+    def record(step: int) -> None:
+        with torch.no_grad():
+            residual = (fld(x_train) - y_train)[:, 0].double().numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            records.append(np.abs(np.fft.rfft(residual)) / y_hat)
+        recorded.append(step)
+
+    def on_step(step: int, capture: Any) -> None:
+        if step % record_every == 0 or step == steps:
+            capture()  # the weights after this step, written back into fld
+            record(step)
+
+    cfg = FitConfig(steps=steps, lr=lr, optimizer="sgd", eval_every=steps, batch="full", precision="fp32")
+    record(0)
+    try:
+        train([fld], Problem(x_train, y_train), cfg, device=torch.device("cpu"), precision="fp32", on_step=on_step)
+    except DivergenceError:
+        raise UsageError(f"gradient descent diverged for p={p:g}; try fewer --steps or a smaller --width") from None
+    return records, recorded

@@ -2,7 +2,7 @@
 spectrum, a kernel row, the predicted training curve, and the same network trained by
 plain gradient descent to check the prediction.
 
-    from nfit.api import prepare_task
+    from nfit.tasks import prepare_task
     from nfit.analysis.study import KernelOptions, study_encoding, subsample
     task = prepare_task("image", "photo.png", cfg)
     data = subsample(task, 2048, 1024, seed=0)
@@ -34,8 +34,10 @@ from nfit.analysis.predict import (
 )
 from nfit.analysis.regions import activation_regions
 from nfit.config import FitConfig
-from nfit.errors import UsageError
+from nfit.errors import DivergenceError, UsageError
 from nfit.field import Field
+from nfit.problem import PointSource, Problem
+from nfit.train import train
 
 
 @dataclass
@@ -139,15 +141,13 @@ def subsample(task: Any, points: int, test_points: int, seed: int) -> Subset:
     Signals that only sample their training points (volumes: ``train_x`` empty, a
     ``sampler``) give ``points`` distinct points drawn from the sampler, and held-out sets
     held as a ``PointSource`` give ``test_points`` of theirs (``sample``)."""
-    from nfit.problem import PointSource
-
     problem = task.problem
     generator = torch.Generator().manual_seed(int(seed))
     x, y = problem.train_x, problem.train_y
     if len(x) == 0:
         if problem.sampler is None:
             raise UsageError("this signal has no training points to compute a kernel on")
-        x, y = _distinct_samples(problem.sampler, points, generator)
+        x, y = _distinct_samples(problem.sampler, problem.batch or points, points, generator)
     idx = torch.randperm(len(x), generator=generator)[:points].sort().values
     held = problem.eval_sets.get("test", (x, y))
     if isinstance(held, PointSource):
@@ -158,14 +158,14 @@ def subsample(task: Any, points: int, test_points: int, seed: int) -> Subset:
     return Subset(x[idx].float(), y[idx].float(), tx[tidx].float(), ty[tidx].float())
 
 
-def _distinct_samples(sampler: Any, points: int, generator: torch.Generator,
+def _distinct_samples(sampler: Any, draw: int, points: int, generator: torch.Generator,
                       rounds: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Up to ``points`` distinct (x, y) from a training sampler (a repeated point would add
     a duplicate row to the kernel, making it singular)."""
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []
-    for step in range(rounds):
-        bx, by = sampler(step, generator)
+    for _ in range(rounds):
+        bx, by = sampler(draw, generator)
         xs.append(bx.cpu())
         ys.append(by.cpu())
         if len(_unique_rows(torch.cat(xs))[0]) >= points:
@@ -241,26 +241,26 @@ def kernel_row(fld: torch.nn.Module, train_x: torch.Tensor, resolution: int
 
 def _train_gd(fld: Field, data: Subset, lr: float, steps: int, eval_every: int
               ) -> dict[int, tuple[float, float]]:
-    """Plain full-batch gradient descent on nfit's MSE; step -> (train MSE, test MSE)."""
-    optimizer = torch.optim.SGD([p for p in fld.parameters() if p.requires_grad], lr=lr)
-    record: dict[int, tuple[float, float]] = {}
+    """Plain full-batch gradient descent on nfit's MSE through the training loop (``--optimizer
+    sgd``, fp32); step -> (train MSE, test MSE) after that many updates."""
+    device = next(iter(fld.parameters())).device
 
-    def test_mse() -> float:
+    def mse(x: torch.Tensor, y: torch.Tensor) -> float:
         with torch.no_grad():
-            return float(F.mse_loss(fld(data.test_x).double(), data.test_y.double()))
+            return float(F.mse_loss(fld(x).double(), y.double()))
 
-    for step in range(steps + 1):
-        loss = F.mse_loss(fld(data.train_x), data.train_y)
-        if step % eval_every == 0 or step == steps:
-            if not math.isfinite(float(loss.detach())):
-                raise UsageError(f"gradient descent diverged at step {step} with --lr {lr:g}; "
-                                 "use a smaller --lr (or 'auto')")
-            record[step] = (float(loss.detach()), test_mse())
-        if step == steps:
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    record = {0: (mse(data.train_x, data.train_y), mse(data.test_x, data.test_y))}
+    if not math.isfinite(record[0][0]):
+        raise UsageError(f"gradient descent diverged at step 0 with --lr {lr:g}; use a smaller --lr (or 'auto')")
+    problem = Problem(data.train_x, data.train_y, {"fitted": (data.train_x, data.train_y),
+                                                   "test": (data.test_x, data.test_y)})
+    cfg = FitConfig(steps=steps, lr=lr, optimizer="sgd", eval_every=eval_every, batch="full", precision="fp32")
+    try:
+        result = train([fld], problem, cfg, device=device, precision="fp32")
+    except DivergenceError:
+        raise UsageError(f"gradient descent diverged with --lr {lr:g}; use a smaller --lr (or 'auto')") from None
+    for row in result.members[0].history:
+        record[int(row["step"])] = (row["fitted_loss"], row["test_loss"])
     return record
 
 
@@ -268,7 +268,7 @@ def study_encoding(task: Any, cfg: FitConfig, data: Subset, opts: KernelOptions,
                    fld: Field | None = None) -> EncodingStudy:
     """Kernel, spectrum, kernel row, prediction and measured gradient descent for ``cfg``'s
     field (built from ``cfg.seed`` unless ``fld`` is given)."""
-    from nfit.api import build_task_field
+    from nfit.signals import build_task_field
 
     fld = fld if fld is not None else build_task_field(task, cfg)
     fld.eval()

@@ -10,14 +10,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from nfit.cli.common import handle_errors, stderr, stdout
+from nfit.cli.common import handle_errors, stderr
 from nfit.config import OPTIONS, option_help
+from nfit.console import BatchProgress, dry_run, job_line, print_summary
 
 PANEL = "Fit options (each may be a comma-separated list: one job per value)"
-MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def _flag(name: str, annotation: Any, help_text: str, default: Any, panel: str,
@@ -69,120 +67,20 @@ def _fit_config() -> type:
     return FitConfig
 
 
-def _build(args: dict[str, Any]) -> tuple[list[Any], Path]:
-    from nfit.batch import expand, find_signals, load_manifest
-    from nfit.errors import UsageError
-
-    options = {k: args[k] for k in OPTIONS if args.get(k) is not None}
-    sources = list(args["sources"])
-    out = Path(args["out"]) if args["out"] is not None else None
-    if len(sources) == 1 and sources[0].lower().endswith(MANIFEST_SUFFIXES):
-        if args["sweep"] or args["seeds"] is not None:
-            raise UsageError("--sweep and --seeds belong in the manifest's 'sweep' and 'seeds'")
-        return load_manifest(Path(sources[0]), out, options, args["checkpoint_every"], args["kind"])
-    signals = find_signals(sources)
-    batch_out = out or Path("runs") / (signals[0].parent.resolve().name or "batch")
-    sweep = None
-    seeds: Any = args["seeds"]
-    if args["sweep"]:
-        sweep = {"encodings": options.pop("encoding", "gauss"), "sigmas": options.pop("sigma", "auto")}
-        if seeds is not None:
-            try:
-                sweep["seeds"] = int(seeds)
-            except ValueError:
-                raise UsageError(f"--seeds with --sweep is a count, got {seeds!r}") from None
-            seeds = None
-    elif seeds is not None and seeds.isdigit():
-        seeds = int(seeds)
-    jobs = expand(signals, options, batch_out, kind=args["kind"], seeds=seeds,
-                  command="sweep" if sweep else "fit", sweep=sweep,
-                  checkpoint_every=args["checkpoint_every"])
-    return jobs, batch_out
-
-
-def _executor(args: dict[str, Any]) -> Any:
-    from nfit.errors import UsageError
-    from nfit.executors import EXECUTORS, LocalExecutor, RayExecutor
-
-    name = args["executor"]
-    if name not in EXECUTORS:
-        raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, got {name!r}")
-    if name == "local":
-        for flag, default in (("address", None), ("cpus_per_job", 1.0), ("gpus_per_job", 0.0)):
-            if args[flag] != default:
-                raise UsageError(f"--{flag.replace('_', '-')} applies to --executor ray only")
-        return LocalExecutor(workers=args["workers"], retries=args["retries"])
-    if args["workers"] != 1:
-        raise UsageError("--workers applies to --executor local; Ray runs as many jobs as its resources allow")
-    return RayExecutor(address=args["address"], cpus_per_job=args["cpus_per_job"],
-                       gpus_per_job=args["gpus_per_job"], retries=args["retries"])
-
-
-def _line(job: Any, result: Any) -> str:
-    return json.dumps({"job": job.name, "signal": job.signal, "config": job.config, "seed": job.seed,
-                       "status": result.status, "out": str(job.out), **result.metrics,
-                       "wall_time_s": result.wall_time_s, "error": result.error,
-                       "hash": job.hash}, allow_nan=False, default=str)
-
-
-class BatchProgress:
-    """One bar over the jobs on stderr: done / running / failed, and the ETA."""
-
-    def __init__(self, total: int, quiet: bool) -> None:
-        self.counts = {"done": 0, "running": 0, "failed": 0, "skipped": 0, "interrupted": 0}
-        self.progress: Progress | None = None
-        self.total, self.quiet = total, quiet
-
-    def event(self, kind: str, job: Any, result: Any) -> None:
-        if kind == "skipped":
-            self.counts["skipped"] += 1
-            return
-        if kind == "started":
-            self.counts["running"] += 1
-        elif kind == "finished":
-            self.counts["running"] -= 1
-            self.counts[result.status if result.status in self.counts else "failed"] += 1
-            if result.status == "failed" and not self.quiet:
-                stderr.print(f"nfit: job {job.name} failed: {result.error}", markup=False, soft_wrap=True)
-        if self.quiet:
-            return
-        if self.progress is None:
-            self.progress = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
-                                     console=stderr, transient=False)
-            self.progress.start()
-            self.task = self.progress.add_task("batch", total=self.total - self.counts["skipped"], status="")
-        c = self.counts
-        status = f"running {c['running']}  failed {c['failed']}" + (f"  skipped {c['skipped']}" if c["skipped"] else "")
-        self.progress.update(self.task, completed=c["done"] + c["failed"] + c["interrupted"], status=status)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-
-def print_summary(summary: dict[str, Any], title: str) -> None:
-    table = Table(title=title)
-    table.add_column("configuration")
-    for m in summary["metrics"]:
-        table.add_column(m.replace("_", " "), justify="right")
-    table.add_column("jobs", justify="right")
-    for entry in summary["summary"]:
-        cells = [f"{entry[m]:.2f} ± {entry[f'{m}_std']:.2f}" if m in entry else "-" for m in summary["metrics"]]
-        jobs = f"{entry['done']}/{entry['jobs']}" + (f" ({entry['failed']} failed)" if entry["failed"] else "")
-        table.add_row(entry["config"], *cells, jobs)
-    stdout.print(table)
-
-
 def _batch(**args: Any) -> None:
     with handle_errors():
-        from nfit.batch import Batch, run_batch, write_tables
+        from nfit.batch import Batch, build_jobs, run_batch, write_tables
         from nfit.errors import NfitError
+        from nfit.executors import make_executor
 
-        jobs, out = _build(args)
-        executor = _executor(args)
+        jobs, out = build_jobs(args["sources"], {k: args[k] for k in OPTIONS if args.get(k) is not None},
+                               out=args["out"], kind=args["kind"], seeds=args["seeds"], sweep=args["sweep"],
+                               checkpoint_every=args["checkpoint_every"])
+        executor = make_executor(args["executor"], workers=args["workers"], address=args["address"],
+                                 cpus_per_job=args["cpus_per_job"], gpus_per_job=args["gpus_per_job"],
+                                 retries=args["retries"])
         if args["dry_run"]:
-            _dry_run(jobs, args["jsonl"], args["force"])
+            dry_run(jobs, args["jsonl"], args["force"])
             return
         batch = Batch(out, jobs, executor=executor.name)
         progress = BatchProgress(len(jobs), args["quiet"] or False)
@@ -190,7 +88,7 @@ def _batch(**args: Any) -> None:
         def on_event(kind: str, job: Any, result: Any) -> None:
             progress.event(kind, job, result)
             if args["jsonl"] and kind in ("finished", "skipped"):
-                sys.stdout.write(_line(job, result) + "\n")
+                sys.stdout.write(job_line(job, result) + "\n")
                 sys.stdout.flush()
 
         start = time.perf_counter()
@@ -211,21 +109,6 @@ def _batch(**args: Any) -> None:
             names = ", ".join(j.name for j in failed[:5]) + (" ..." if len(failed) > 5 else "")
             raise NfitError(f"{len(failed)} of {len(jobs)} jobs failed ({names}); their errors are in "
                             f"{out}/batch.csv; a rerun retries only them")
-
-
-def _dry_run(jobs: list[Any], jsonl: bool, force: bool) -> None:
-    if jsonl:
-        for job in jobs:
-            sys.stdout.write(json.dumps({**job.to_dict(), "finished": job.finished() is not None}) + "\n")
-        return
-    table = Table(title=f"{len(jobs)} jobs (dry run)")
-    for column in ("job", "kind", "input", "status", "options"):
-        table.add_column(column)
-    for job in jobs:
-        state = "finished: skip" if job.finished() is not None and not force else "to run"
-        options = ", ".join(f"{k}={v}" for k, v in job.spec.options.items())
-        table.add_row(job.name, job.spec.kind, job.spec.input, state, options)
-    stdout.print(table)
 
 
 def _command() -> Any:

@@ -15,21 +15,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from nfit.catalog import KINDS, kind_facts
-from nfit.cli.common import RichReporter, emit, fmt, handle_errors, stdout
+from nfit.cli.common import RichReporter, emit, handle_errors
 from nfit.config import OPTIONS, FitConfig, load_yaml_config, option_help, value_type
+from nfit.console import fit_rows, kernel_rows, print_sweep
 from nfit.errors import UsageError
 from nfit.io import json_safe
 from nfit.spec import FitSpec, JobSpec, KernelSpec, SweepSpec
 
 PANELS = {"grid": "Grid encodings", "mlp": "Fit", "siren": "SIREN", "mesh": "Meshes (sdf)", "ct": "CT", "mri": "MRI",
           "measure": "Measurements (ct, mri)", None: "Fit"}
-FLAG_NAMES = {"encodings": "--encoding", "sigmas": "--sigma", "json_out": "--json"}
+FLAG_NAMES = {"encodings": "--encoding", "sigmas": "--sigma", "json_out": "--json", "html": "--html/--no-html"}
 #: fit options a command does not take: they are its spec's own (or mean nothing to it)
 EXCLUDED = {"sweep": {"encoding", "sigma"},
-            "kernel": {"encoding", "steps", "lr", "batch", "eval_every", "precision"}}
+            "kernel": {"encoding", "steps", "lr", "batch", "eval_every", "precision", "optimizer"}}
 SPEC_FIELDS = {"kind", "input", "options"}
 
 
@@ -132,50 +132,6 @@ def execute(spec: JobSpec, as_json: bool, quiet: bool) -> None:
             print_sweep(report)
         return
     emit(report, as_json, quiet, (kernel_rows if isinstance(spec, KernelSpec) else fit_rows)(report))
-
-
-def fit_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = [("output", report["out"]), ("signal", report["signal"].get("source"))]
-    if "channels" in report:
-        rows.append(("channels fitted", report["channels"]))
-    for role in ("train", "val", "test"):
-        rows += [(f"{role} {k}", v) for k, v in report.get(role, {}).items() if k != "loss"]
-    return rows + [(label, report[key]) for label, key in (
-        ("steps", "steps"), ("wall time (s)", "wall_time_s"), ("steps/s", "steps_per_s"),
-        ("parameters", "parameters"), ("device", "device"), ("precision", "precision"))]
-
-
-def kernel_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = [("output", report["out"]), ("points", report["points"])]
-    for name, s in report["encodings"].items():
-        rows += [(f"{name} delta", s["generalization_delta"]),
-                 (f"{name} test PSNR pred/meas",
-                  f"{s['predicted']['test_psnr']:.2f} / {s['measured']['test_psnr']:.2f}"),
-                 (f"{name} kernel drift", s["kernel_drift"]),
-                 (f"{name} regions before/after",
-                  f"{s['activation_regions']['before']} / {s['activation_regions']['after']}")]
-    return rows
-
-
-def print_sweep(report: dict[str, Any]) -> None:
-    metric = report["metric"]
-    table = Table(title=f"sweep: {metric}{' (dB)' if metric == 'psnr' else ''}, chosen on validation")
-    for column in ("", "encoding", "sigma", "seeds", f"train {metric}", f"val {metric}", f"test {metric}"):
-        table.add_column(column, justify="left" if column in ("", "encoding") else "right")
-    for row in report["configs"]:
-        cells = [fmt(row[f"{r}_{metric}"]) + (f" ± {row[f'{r}_{metric}_std']:.2g}" if row["seeds"] > 1 else "")
-                 for r in ("train", "val", "test")]
-        sigma = "-" if row["sigma"] is None else f"{row['sigma']:.4g}"
-        table.add_row("*" if row["best"] else "", row["encoding"], sigma, str(row["seeds"] - row["diverged"]),
-                      *cells, style="bold" if row["best"] else None)
-    stdout.print(table)
-    chosen = report["chosen"]
-    sigma = "-" if chosen["sigma"] is None else f"{chosen['sigma']:g}"
-    stdout.print(f"chosen: {chosen['encoding']} sigma={sigma}  val {metric} {fmt(chosen[f'val_{metric}'])}  "
-                 f"test {metric} {fmt(chosen[f'test_{metric}'])} (reported, not used to choose)", soft_wrap=True)
-    groups = ", ".join(f"{g['members']}x {g['encoding']}" for g in report["groups"])
-    stdout.print(f"stacks: {len(report['groups'])} ({groups}); wall {report['wall_time_s']:.3g} s on "
-                 f"{report['device']} ({report['precision']}); output {report['out']}", soft_wrap=True)
 
 
 image = job_command(FitSpec, "image", "Fit a field to a photograph: writes recon.png, error.png, curve.*, "

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from nfit.cli.common import Force, Json, Out, Quiet, emit, handle_errors
-from nfit.io import resolve_out_dir
 
 
 def spectral_bias(
@@ -25,15 +23,11 @@ def spectral_bias(
     """The 1D spectral-bias experiment (Tancik et al. 2020, Fig. 3): spectrum.csv/png,
     bands.png (residual per frequency over steps), errors.png, report.json."""
     from nfit.analysis.run import spectral_bias_file
-    from nfit.analysis.spectral_bias import parse_p_list
 
     with handle_errors():
-        ps = parse_p_list(p)
-        out_dir = resolve_out_dir(out, Path("runs") / "spectral-bias", force)
-        report = spectral_bias_file(ps, out_dir, alpha=alpha, n=n, width=width, depth=depth,
+        report = spectral_bias_file(p, out, force=force, alpha=alpha, n=n, width=width, depth=depth,
                                     steps=steps, record_every=record_every, seed=seed)
-        rows: list[tuple[str, Any]] = [("output", str(out_dir))]
+        rows: list[tuple[str, Any]] = [("output", report["out"])]
         for r in report["results"]:
             rows.append((f"p={r['p']} train / test MSE", f"{r['train_mse']:.3g} / {r['test_mse']:.3g}"))
-        report["out"] = str(out_dir)
         emit(report, json_out, quiet, rows)

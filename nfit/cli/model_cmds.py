@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import tempfile
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -13,8 +11,7 @@ from rich.table import Table
 
 from nfit.cli.common import Device, Json, Quiet, emit, handle_errors, stdout
 from nfit.errors import UsageError
-from nfit.io import check_output_file
-from nfit.stdio import STDIO, copy_to_stdout
+from nfit.stdio import STDIO
 
 
 def render(
@@ -27,39 +24,13 @@ def render(
 ) -> None:
     """Evaluate a fitted field at any resolution, in memory-bounded chunks."""
     with handle_errors():
-        from nfit.checkpoint import load_checkpoint, read_header
-        from nfit.device import resolve_device, resolve_precision
-        from nfit.signals import signal_kind
-        from nfit.train import InPrecision
+        from nfit.api import render_checkpoint
 
-        meta, _ = read_header(model)
-        kind = signal_kind(meta["signal"].get("kind", ""))
-        allowed = kind.render_extensions()
-        to_stdout = str(out) == STDIO
-        if format is not None and not to_stdout:
-            raise UsageError("--format is for --out - (a file's extension picks its format)")
-        if to_stdout and json_out:
+        if str(out) == STDIO and json_out:
             raise UsageError("--out - writes the rendering to stdout; --json cannot share it")
-        suffix = "." + (format or allowed[0].lstrip(".")).lower().lstrip(".")
-        check_output_file(Path("stdout" + suffix) if to_stdout else out, allowed)
-        target_device = resolve_device(device or "auto")
-        fld, meta = load_checkpoint(model, target_device)
-        # evaluated in the fit's precision (its --precision on this device)
-        precision = resolve_precision(str(meta["config"].get("precision", "auto")), target_device)
-        evaluator = InPrecision(fld, target_device, precision)
-        start = time.perf_counter()
-        if to_stdout:
-            with tempfile.TemporaryDirectory(prefix="nfit-render-") as folder:
-                written = Path(folder) / f"render{suffix}"
-                kind.render(evaluator, meta["signal"], written, size=size, resolution=resolution)
-                copy_to_stdout(written)
-            return
-        summary = kind.render(evaluator, meta["signal"], out, size=size, resolution=resolution)
-        seconds = time.perf_counter() - start
-        summary.update({"precision": precision, "points": evaluator.points,
-                        "points_per_s": evaluator.points / seconds if seconds > 0 else None,
-                        "seconds": seconds})
-        emit(summary, json_out, quiet, list(summary.items()))
+        summary = render_checkpoint(model, out, size=size, resolution=resolution, format=format, device=device)
+        if summary is not None:
+            emit(summary, json_out, quiet, list(summary.items()))
 
 
 def info(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -22,6 +22,9 @@ class Task:
     meta: JSON-able description stored in the checkpoint (kind, shapes, channels, value
     range, transforms), enough for ``nfit render`` to write a reconstruction alone.
     output: the network's output activation ("sigmoid" for values in [0, 1]).
+    state: the kind's own prepared state, a dataclass of that kind (``ImageState``,
+    ``VolumeState``, ``MeshState``, ``CTData``, ``MRIData``), which its ``write_outputs``
+    reads; nothing else looks inside.
     """
 
     kind: str
@@ -30,7 +33,7 @@ class Task:
     problem: Problem
     meta: dict[str, Any]
     output: str = "sigmoid"
-    context: dict[str, Any] = field(default_factory=dict)
+    state: Any = None
 
 
 class SignalKind(Protocol):

@@ -114,13 +114,13 @@ def render_grid(fn: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ..
     """Evaluate ``fn`` (coords (N, d) -> (N, C)) on every point of the grid, in chunks.
 
     Peak memory is bounded by ``chunk`` points, not the grid. Returns (*shape, C) on the CPU.
-    The default chunk is ``nfit.train.eval_chunk``: 8,192 points on a CPU, whose features
+    The default chunk is ``nfit.device.eval_chunk``: 8,192 points on a CPU, whose features
     and hidden values the allocator then reuses from chunk to chunk, where 65,536-point
     chunks were fresh mappings each time, their page faults costing more than the
     arithmetic (a 4096x4096 render of the default gauss field on 2 cores: 67 s, 72 s of
     it system time, against 47 s with 8,192-point chunks); 65,536 on a GPU.
     """
-    from nfit.train import eval_chunk  # the training loop's rule; nfit.train loads the stack
+    from nfit.device import eval_chunk
 
     chunk = chunk or eval_chunk(device)
     n = int(torch.tensor(shape).prod())

@@ -20,7 +20,7 @@ from nfit.errors import UsageError
 from nfit.field import Field
 from nfit.formats.images import CHANNEL_NAMES, IMAGE_WRITE_EXTENSIONS, read_image, write_image
 from nfit.metrics import ssim
-from nfit.plots import plot_curve, plot_error_map, write_curve_csv
+from nfit.plots import plot_error_map
 from nfit.problem import FitResult, PointSource, Problem
 from nfit.signals.base import KindFromFacts, Task
 from nfit.signals.grid import Split, grid_coords, make_split, render_grid
@@ -85,6 +85,14 @@ def parse_size(text: str, dims: int) -> tuple[int, ...]:
     return numbers
 
 
+@dataclass
+class ImageState:
+    """What an image fit's outputs read: the signal and its split."""
+
+    signal: ImageSignal
+    split: Split
+
+
 class ImageKind(KindFromFacts):
     name = "image"
 
@@ -100,11 +108,11 @@ class ImageKind(KindFromFacts):
                 "crop": list(signal.crop) if signal.crop else None, "split": split.name,
                 "train_points": len(split.train), "test_points": len(split.test)}
         return Task(self.name, 2, signal.out_dim, problem, meta,
-                    context={"signal": signal, "split": split})
+                    state=ImageState(signal, split))
 
     def write_outputs(self, task: Task, result: FitResult, out_dir: Path) -> dict[str, Any]:
-        signal: ImageSignal = task.context["signal"]
-        split: Split = task.context["split"]
+        state: ImageState = task.state
+        signal, split = state.signal, state.split
         device = next(result.field.parameters()).device
         recon = render_grid(result.field, signal.shape, signal.out_dim, device=device).numpy()
         truth = signal.pixels.numpy()
@@ -112,8 +120,6 @@ class ImageKind(KindFromFacts):
         error = np.abs(np.clip(recon, 0, 1) - truth).mean(axis=2)
         plot_error_map(out_dir / "error.png", error,
                        title=f"mean |error| per pixel ({signal.channels})")
-        write_curve_csv(out_dir / "curve.csv", result.history)
-        plot_curve(out_dir / "curve.png", result.history, "psnr", title=Path(signal.source).name)
         if "test" in split.shapes:
             test_shape = split.shapes["test"]
             flat_r = recon.reshape(-1, signal.out_dim)[split.test.numpy()]
@@ -123,7 +129,7 @@ class ImageKind(KindFromFacts):
         else:
             ssim_value, ssim_on = ssim(recon, truth), "whole image (random split: test pixels are scattered)"
         return {"test_ssim": ssim_value, "ssim_on": ssim_on, "channels": signal.channels,
-                "files": ["recon.png", "error.png", "curve.csv", "curve.png"]}
+                "files": ["recon.png", "error.png"]}
 
     def render_extensions(self) -> tuple[str, ...]:
         return IMAGE_WRITE_EXTENSIONS

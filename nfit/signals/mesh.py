@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +50,13 @@ from nfit.formats.meshes import (
     write_mesh,
 )
 from nfit.geometry import inside, iou, sample_surface, signed_distance, surface_metrics
-from nfit.plots import plot_curve, write_curve_csv
-from nfit.problem import BCEObjective, FitResult, Objective, Problem
+from nfit.objectives import BCEObjective, EikonalObjective, Objective
+from nfit.problem import FitResult, Problem
 from nfit.signals.base import KindFromFacts, Task
 
 TARGETS = ("sdf", "occupancy")
 DEFAULTS: dict[str, Any] = {"target": "sdf", "resolution": 256, "clamp": 0.0, "pool": 200_000,
-                            "batch": KINDS["sdf"].defaults["batch"], "mix": (0.4, 0.4, 0.2), "jitter": (0.01, 0.1),
+                            "eikonal": 0.0, "mix": (0.4, 0.4, 0.2), "jitter": (0.01, 0.1),
                             "eval_points": 20_000, "metric_points": 100_000}
 #: near-surface IoU points: surface samples jittered by this standard deviation (domain units)
 NEAR_SURFACE_JITTER = 0.01
@@ -67,20 +68,15 @@ MAX_RESOLUTION = 1024
 def mesh_options(cfg: FitConfig) -> dict[str, Any]:
     """The mesh options of ``cfg`` over DEFAULTS, checked (UsageError on bad values)."""
     opts = {**DEFAULTS, **cfg.given("mesh")}
-    size = cfg.batch_size()
-    if size == 0:
-        raise UsageError("--batch full: a mesh is fitted on points drawn from its pool each "
-                         "step; give a number of points (or auto)")
-    if size:
-        opts["batch"] = size
     target = str(opts["target"]).lower()
     if target not in TARGETS:
         raise UsageError(f"--target must be one of {', '.join(TARGETS)}, got {opts['target']!r}")
     opts["target"] = target
     try:
-        for key in ("resolution", "pool", "batch", "eval_points", "metric_points"):
+        for key in ("resolution", "pool", "eval_points", "metric_points"):
             opts[key] = int(opts[key])
         opts["clamp"] = float(opts["clamp"])
+        opts["eikonal"] = float(opts["eikonal"])
         mix = tuple(float(x) for x in opts["mix"])
         jitter = tuple(float(x) for x in opts["jitter"])
     except (TypeError, ValueError):
@@ -88,11 +84,15 @@ def mesh_options(cfg: FitConfig) -> dict[str, Any]:
                          "mix a list of 3 and jitter a list of 2 numbers") from None
     if not 8 <= opts["resolution"] <= MAX_RESOLUTION:
         raise UsageError(f"--resolution must be in 8..{MAX_RESOLUTION}, got {opts['resolution']}")
+    if not (math.isfinite(opts["eikonal"]) and opts["eikonal"] >= 0):
+        raise UsageError(f"--eikonal must be 0 (off) or a positive weight, got {opts['eikonal']}")
+    if opts["eikonal"] > 0 and target != "sdf":
+        raise UsageError("--eikonal applies to --target sdf (an occupancy has no unit gradient)")
     if not (math.isfinite(opts["clamp"]) and opts["clamp"] >= 0):
         raise UsageError(f"--clamp must be 0 (off) or a positive distance, got {opts['clamp']}")
-    if (opts["pool"] < 1000 or opts["batch"] < 1 or opts["eval_points"] < 100
+    if (opts["pool"] < 1000 or opts["eval_points"] < 100
             or opts["metric_points"] < 100):
-        raise UsageError("mesh options need pool >= 1000, batch >= 1, "
+        raise UsageError("mesh options need pool >= 1000, "
                          "eval_points and metric_points >= 100")
     if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
         raise UsageError("mix must be 3 non-negative fractions [fine, coarse, uniform], "
@@ -128,17 +128,17 @@ def label(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, target: s
     return values.astype(np.float32)[:, None]
 
 
-def pool_sampler(pool_x: torch.Tensor, pool_y: torch.Tensor, batch: int):
-    """A ``Problem.sampler``: each step, ``batch`` random points of the pool, on the
+def pool_sampler(pool_x: torch.Tensor, pool_y: torch.Tensor):
+    """A ``Problem.sampler``: n random points of the pool (at most the pool's size), on the
     generator's device (the pool is moved there once)."""
     cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def sample(step: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         key = str(generator.device)
         if key not in cache:
             cache[key] = (pool_x.to(generator.device), pool_y.to(generator.device))
         x, y = cache[key]
-        idx = torch.randint(len(x), (min(batch, len(x)),), device=generator.device,
+        idx = torch.randint(len(x), (min(n, len(x)),), device=generator.device,
                             generator=generator)
         return x[idx], y[idx]
 
@@ -193,11 +193,25 @@ def predicted_inside(values: Any, target: str) -> Any:
     return values < 0 if target == "sdf" else values > 0
 
 
-def mesh_objective(target: str) -> Objective:
-    """MSE on the signed distance or BCE on occupancy logits; both score (and sweeps
-    select on) the IoU of the inside/outside sign through ``predicted_inside``."""
+def mesh_objective(target: str, eikonal: float = 0.0) -> Objective:
+    """MSE on the signed distance (plus ``eikonal`` times the eikonal term) or BCE on
+    occupancy logits; both score (and sweeps select on) the IoU of the inside/outside sign
+    through ``predicted_inside``."""
     rule = functools.partial(predicted_inside, target=target)
-    return Objective(inside=rule) if target == "sdf" else BCEObjective(inside=rule)
+    if target != "sdf":
+        return BCEObjective(inside=rule)
+    return EikonalObjective(eikonal, inside=rule) if eikonal > 0 else Objective(inside=rule)
+
+
+@dataclass
+class MeshState:
+    """What a mesh fit's outputs read: the mesh, its vertices in [-1, 1]^3, the mesh options
+    and the seed of the final metrics' points."""
+
+    mesh: Mesh
+    vertices: np.ndarray
+    options: dict[str, Any]
+    seed: int
 
 
 class SdfKind(KindFromFacts):
@@ -219,24 +233,21 @@ class SdfKind(KindFromFacts):
                            torch.from_numpy(label(pts, vertices, mesh.faces, target, clamp)))
         pool_x = torch.from_numpy(pool).float()
         pool_y = torch.from_numpy(label(pool, vertices, mesh.faces, target, clamp))
-        problem = Problem(pool_x, pool_y, evals, objective=mesh_objective(target),
-                          sampler=pool_sampler(pool_x, pool_y, opts["batch"]),
-                          step_points=min(opts["batch"], len(pool_x)))
+        problem = Problem(pool_x, pool_y, evals, objective=mesh_objective(target, opts["eikonal"]),
+                          sampler=pool_sampler(pool_x, pool_y), batch=KINDS["sdf"].defaults["batch"], kind_name="sdf")
         meta = {"kind": self.name, "source": str(path), "target": target,
                 "normalisation": norm.to_dict(), "vertices": len(mesh.vertices),
                 "faces": len(mesh.faces), "bounds": mesh.bounds.tolist(),
                 "diagonal": mesh.diagonal, "resolution": opts["resolution"], "clamp": clamp,
-                "pool": opts["pool"], "batch": opts["batch"], "mix": opts["mix"],
+                "pool": opts["pool"], "mix": opts["mix"],
                 "jitter": opts["jitter"], "domain": [-1.0, 1.0]}  # per axis: [-1, 1]^3
         # sweeps choose on the IoU of the sign on the held-out points, for both targets
         return Task(self.name, 3, 1, problem, meta, output="identity",
-                    context={"mesh": mesh, "vertices": vertices, "options": opts,
-                             "seed": int(cfg.seed)})
+                    state=MeshState(mesh, vertices, opts, int(cfg.seed)))
 
     def write_outputs(self, task: Task, result: FitResult, out_dir: Path) -> dict[str, Any]:
-        mesh: Mesh = task.context["mesh"]
-        vertices: np.ndarray = task.context["vertices"]
-        opts: dict[str, Any] = task.context["options"]
+        state: MeshState = task.state
+        mesh, vertices, opts = state.mesh, state.vertices, state.options
         target = opts["target"]
         norm = Normalisation.from_dict(task.meta["normalisation"])
         fld = result.field
@@ -244,12 +255,12 @@ class SdfKind(KindFromFacts):
 
         grid = evaluate_grid(fld, opts["resolution"])
         rec_v, rec_f = extract_surface(grid, target)
-        report: dict[str, Any] = {"files": ["recon.ply", "preview.png", "curve.csv", "curve.png"]}
+        report: dict[str, Any] = {"files": ["recon.ply", "preview.png"]}
         if len(rec_f) == 0:
             report["warning"] = "the field has no zero crossing on the grid: recon.ply is empty"
 
         # held-out point sets, drawn from a seed the training pool never used
-        rng = np.random.default_rng(task.context["seed"] + 7919)
+        rng = np.random.default_rng(state.seed + 7919)
         n = opts["metric_points"]
         uniform = rng.uniform(-1, 1, (n, 3))
         surface, _ = sample_surface(vertices, mesh.faces, n, rng)
@@ -260,7 +271,7 @@ class SdfKind(KindFromFacts):
             scores[name] = iou(predicted_inside(values, target), inside(pts, vertices, mesh.faces))
         diag = mesh.diagonal / norm.scale  # the bounding-box diagonal in domain units
         surf = surface_metrics((rec_v, rec_f), (vertices, mesh.faces),
-                               threshold=FSCORE_FRACTION * diag, n=n, seed=task.context["seed"])
+                               threshold=FSCORE_FRACTION * diag, n=n, seed=state.seed)
         scores["chamfer"] = surf["chamfer"] / diag
         scores["chamfer_file_units"] = surf["chamfer"] * norm.scale
         scores["fscore_1pct"] = surf["fscore"]
@@ -269,8 +280,6 @@ class SdfKind(KindFromFacts):
         write_mesh(out_dir / "recon.ply", norm.to_file(rec_v), rec_f)
         plot_preview(out_dir / "preview.png", grid, vertices, mesh.faces, target,
                      title=f"{Path(mesh.source).name}: {target} field, zero level")
-        write_curve_csv(out_dir / "curve.csv", result.history)
-        plot_curve(out_dir / "curve.png", result.history, "loss", title=Path(mesh.source).name)
         report["test_metrics"] = scores
         report["surface"] = {"recon_vertices": len(rec_v), "recon_faces": len(rec_f),
                              "resolution": opts["resolution"],

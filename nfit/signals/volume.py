@@ -42,7 +42,7 @@ from nfit.formats.volumes import (
     write_volume,
 )
 from nfit.metrics import ssim
-from nfit.plots import _figure, _save, plot_curve, write_curve_csv
+from nfit.plots import _figure, _save
 from nfit.problem import FitResult, Problem
 from nfit.signals.base import KindFromFacts, Task
 from nfit.signals.grid import grid_coords, parse_split, render_grid
@@ -220,20 +220,16 @@ def load_volume(path: str | Path) -> VolumeSignal:
                         vol.affine, vol.units, vol.sform_code)
 
 
-def volume_problem(signal: VolumeSignal, sets: dict[str, Lattice | Masked], held_out: bool,
-                   batch: int) -> Problem:
-    """A sampled problem: ``batch`` random training voxels per step, held-out sets lazily."""
+def volume_problem(signal: VolumeSignal, sets: dict[str, Lattice | Masked], held_out: bool) -> Problem:
+    """A sampled problem: random training voxels each step (``VOLUME_BATCH`` under
+    ``--batch auto``), held-out sets lazily."""
     flat = signal.values.reshape(-1, signal.out_dim)
     train = VoxelPoints(flat, signal.shape, sets["train"])
     evals: dict[str, Any] = {"test": VoxelPoints(flat, signal.shape, sets["test"])}
     if held_out:
         evals = {"val": VoxelPoints(flat, signal.shape, sets["val"]), **evals}
-
-    def sampler(step: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return train.sample(batch, generator)
-
-    return Problem(torch.zeros(0, 3), torch.zeros(0, signal.out_dim), evals, sampler=sampler,
-                   step_points=batch)
+    return Problem(torch.zeros(0, 3), torch.zeros(0, signal.out_dim), evals, sampler=train.sample,
+                   batch=VOLUME_BATCH, kind_name="volume")
 
 
 def mid_slices(volume: np.ndarray) -> list[np.ndarray]:
@@ -266,30 +262,35 @@ def plot_volume_slices(path: Path, truth: list[np.ndarray], recon: list[np.ndarr
     _save(plt, fig, path)
 
 
+@dataclass
+class VolumeState:
+    """What a volume fit's outputs read: the signal, its voxel sets, whether one is held out."""
+
+    signal: VolumeSignal
+    sets: dict[str, Lattice | Masked]
+    held_out: bool
+
+
 class VolumeKind(KindFromFacts):
     name = "volume"
 
     def prepare(self, path: Path, cfg: FitConfig) -> Task:
         signal = load_volume(path)
         split_name, sets, held_out = volume_split(signal.shape, cfg.split, cfg.seed)
-        size = cfg.batch_size()
-        if size == 0:
-            raise UsageError("--batch full: a volume is fitted on random voxels each step; "
-                             "give a number of voxels (or auto)")
-        batch = size or VOLUME_BATCH
-        problem = volume_problem(signal, sets, held_out, batch)
+        problem = volume_problem(signal, sets, held_out)
         meta = {"kind": self.name, "source": signal.source, "format": signal.fmt,
                 "shape": list(signal.shape), "channels": signal.out_dim, "dtype": signal.dtype,
                 "range": [signal.lo, signal.hi],
                 "affine": signal.affine.tolist() if signal.affine is not None else None,
                 "units": signal.units, "sform_code": signal.sform_code, "split": split_name,
-                "batch": batch, "train_points": len(sets["train"]),
+                "train_points": len(sets["train"]),
                 "test_points": len(sets["test"])}
         return Task(self.name, 3, signal.out_dim, problem, meta,
-                    context={"signal": signal, "sets": sets, "held_out": held_out})
+                    state=VolumeState(signal, sets, held_out))
 
     def write_outputs(self, task: Task, result: FitResult, out_dir: Path) -> dict[str, Any]:
-        signal: VolumeSignal = task.context["signal"]
+        state: VolumeState = task.state
+        signal = state.signal
         device = next(result.field.parameters()).device
         recon = np.clip(render_grid(result.field, signal.shape, signal.out_dim,
                                     device=device).numpy(), 0.0, 1.0)
@@ -299,10 +300,8 @@ class VolumeKind(KindFromFacts):
                      affine=signal.affine, units=signal.units, sform_code=signal.sform_code)
         plot_volume_slices(out_dir / "slices.png", mid_slices(truth), mid_slices(recon),
                            title=Path(signal.source).name)
-        write_curve_csv(out_dir / "curve.csv", result.history)
-        plot_curve(out_dir / "curve.png", result.history, "psnr", title=Path(signal.source).name)
-        test = task.context["sets"]["test"]
-        if isinstance(test, Lattice) and task.context["held_out"]:
+        test = state.sets["test"]
+        if isinstance(test, Lattice) and state.held_out:
             # The test voxels form a sub-grid: SSIM on its mid-slices scores held-out voxels only.
             sub = tuple(slice(s, None, k) for s, k in zip(test.start, test.step, strict=True))
             pairs = zip(mid_slices(recon[sub]), mid_slices(truth[sub]), strict=True)
@@ -311,11 +310,11 @@ class VolumeKind(KindFromFacts):
             pairs = zip(mid_slices(recon), mid_slices(truth), strict=True)
             ssim_on = ("orthogonal mid-slices of the whole volume" +
                        (" (random split: test voxels are scattered, so slices mix train and test)"
-                        if task.context["held_out"] else ""))
+                        if state.held_out else ""))
         ssim_value = float(np.mean([ssim(r, t) for r, t in pairs]))
         return {"test_ssim": ssim_value, "ssim_on": ssim_on, "channels": signal.out_dim,
                 "psnr_on": "all test voxels, values normalised to [0, 1] by the volume's range",
-                "files": [name, "slices.png", "curve.csv", "curve.png"]}
+                "files": [name, "slices.png"]}
 
     def render_extensions(self) -> tuple[str, ...]:
         return VOLUME_EXTENSIONS
