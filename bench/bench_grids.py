@@ -53,7 +53,7 @@ SDF_MODELS = {
 MODELS = {
     "none": {"encoding": "none"},
     "basic": {"encoding": "basic"},
-    "posenc": {"encoding": "posenc", "sigma": 10.0},
+    "geoposenc": {"encoding": "geoposenc", "sigma": 10.0},
     "gauss": {"encoding": "gauss", "sigma": 10.0},
     "hashgrid": {"encoding": "hashgrid"},
     "densegrid": {"encoding": "densegrid"},

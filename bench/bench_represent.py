@@ -36,7 +36,7 @@ IMAGES = ("kodim05", "kodim23")
 DIV2K = "div2k-0131"
 FAMILIES: dict[str, dict[str, Any]] = {
     "gauss": {"encoding": "gauss"},
-    "posenc": {"encoding": "posenc"},
+    "geoposenc": {"encoding": "geoposenc"},
     "hashgrid": {"encoding": "hashgrid"},
     "densegrid": {"encoding": "densegrid"},
     "mulfagrid": {"encoding": "mulfagrid"},

@@ -48,25 +48,29 @@ KINDS: dict[str, KindFacts] = {k.name: k for k in (
     KindFacts("image", "nfit.signals.image:IMAGE", IMAGE_EXTENSIONS, {},
               # Tancik et al. 2020, appendix E.1 (natural images): 2000 full-batch Adam
               # steps, lr 1e-3 for the Fourier mappings and 1e-2 for none and basic,
-              # sigma_g = 10; the notebook's posenc scale 6 means frequencies up to 2^6,
-              # which is sigma 64 in nfit's posenc
+              # sigma_g = 10, posenc scale 6 (the notebook's natural images; 5 for its text
+              # images); the notebooks' stax.Dense start (--init paper)
               {"paper": {"*": {"steps": 2000, "lr": 1e-3, "batch": "full", "split": "paper",
-                               "schedule": "constant", "warmup": 0.0},
-                         "none": {"lr": 1e-2}, "basic": {"lr": 1e-2}, "posenc": {"sigma": 64.0},
+                               "schedule": "constant", "warmup": 0.0, "init": "paper"},
+                         "none": {"lr": 1e-2}, "basic": {"lr": 1e-2}, "posenc": {"sigma": 6.0},
                          "gauss": {"sigma": 10.0}}}),
     # the full batch of a volume would not fit: random voxels per step
     # (the paper's notebooks fit with a constant-rate Adam, as nfit did before schedules)
     KindFacts("volume", "nfit.signals.volume:VOLUME", VOLUME_EXTENSIONS, {"batch": 1 << 16},
-              {"paper": {"*": {"schedule": "constant", "warmup": 0.0}}}),
+              # posenc: the scale of the MRI notebook, the paper's only 3D volumes
+              {"paper": {"*": {"schedule": "constant", "warmup": 0.0, "init": "paper"},
+                         "posenc": {"sigma": 4.0}}}),
     # sigma 10 overfits the sampled points on [-1, 1]^3 (spot, 300 steps: IoU 0.09 at
     # sigma 8, 0.96 at 2, 0.98 at 1; bench/bench_sdf.py); each step draws 16,384 points
     # The paper's protocol (Experiments/3d_shape_occupancy): occupancy, gauss sigma 12 on
     # [0, 1]^3 (6 on nfit's [-1, 1]^3), 8 layers of 256, 10,000 Adam steps of 32,768 points,
-    # lr 5e-4 decayed continuously x0.1 every 5000 steps
+    # lr 5e-4 decayed continuously x0.1 every 5000 steps; posenc scale 6 (nfit's posenc maps
+    # [-1, 1]^3 onto the notebook's [0, 1]^3, so its scale is the notebook's)
     KindFacts("sdf", "nfit.signals.mesh:SDF", MESH_EXTENSIONS, {"sigma": 2.0, "batch": 16_384},
               {"paper": {"*": {"target": "occupancy", "encoding": "gauss", "sigma": 6.0, "features": 256,
                                "width": 256, "depth": 8, "steps": 10_000, "batch": 32_768, "lr": 5e-4,
-                               "schedule": "exp", "decay_steps": 5000, "warmup": 0.0}}}),
+                               "schedule": "exp", "decay_steps": 5000, "warmup": 0.0, "init": "paper"},
+                         "posenc": {"sigma": 6.0}}}),
     # tancik/fourier-feature-networks, Experiments/2d_CT: 20 parallel views of the notebook's
     # projector, 0.5 MSE on the sinogram, full-batch Adam at lr 1e-3 (posenc, gauss) or 1e-2
     # (none, basic), sigma 4 (gauss), 3 (posenc), no held-out views. 976 steps: the notebook
@@ -74,7 +78,8 @@ KINDS: dict[str, KindFacts] = {k.name: k for k in (
     # (evaluations follow the update at step i when i % 25 == 0); the other 24 never reach it
     KindFacts("ct", "nfit.signals.ct:CT", IMAGE_EXTENSIONS, {"batch": "full", "steps": 1000, "sigma": 4.0},
               {"paper": {"*": {"steps": PAPER_REPORTED_STEP, "batch": "full", "lr": 1e-3, "projector": "paper",
-                               "views": CT_VIEWS, "held_out": 0.0, "schedule": "constant", "warmup": 0.0},
+                               "views": CT_VIEWS, "held_out": 0.0, "schedule": "constant", "warmup": 0.0,
+                               "init": "paper"},
                          "none": {"lr": 1e-2}, "basic": {"lr": 1e-2},
                          "posenc": {"lr": 1e-3, "sigma": 3.0}, "gauss": {"lr": 1e-3, "sigma": 4.0}}},
               input_option="sinogram", through_operator=True),
@@ -85,7 +90,7 @@ KINDS: dict[str, KindFacts] = {k.name: k for k in (
     KindFacts("mri", "nfit.signals.mri:MRI", VOLUME_EXTENSIONS,
               {"batch": "full", "steps": 1000, "lr": 2e-3, "sigma": 5.0},
               {"paper": {"*": {"steps": PAPER_REPORTED_STEP, "batch": "full", "lr": 2e-3, "grid": "96x96x96",
-                               "held_out": 0.0, "schedule": "constant", "warmup": 0.0},
+                               "held_out": 0.0, "schedule": "constant", "warmup": 0.0, "init": "paper"},
                          "posenc": {"sigma": 4.0}, "gauss": {"sigma": 5.0}}},
               input_option="kspace", through_operator=True),
 )}
@@ -123,8 +128,15 @@ _GRID_DEFAULTS = {"width": 64, "depth": 3, "lr": 1e-2}
 ENCODING_FACTS: dict[str, EncodingFacts] = {e.name: e for e in (
     EncodingFacts("none", "nfit.encodings", "no mapping: the raw coordinates v"),
     EncodingFacts("basic", "nfit.encodings", "[cos 2 pi v, sin 2 pi v]: B is the identity"),
-    EncodingFacts("posenc", "nfit.encodings", "positional encoding, log-linear frequencies on each axis",
-                  "largest frequency: levels sigma^(j/m), j = 0..m-1, per axis", ("sigma", "features"),
+    EncodingFacts("posenc", "nfit.encodings",
+                  "the paper's positional encoding: on each axis, frequencies 2^linspace(0, sigma, m) - 1, DC included",
+                  "the paper's scale, in octaves: frequencies 0 to 2^sigma - 1 per axis (6 photographs, 3 CT, 4 MRI)",
+                  # the notebooks' photographs' scale where the kind sets no sigma of its own: the
+                  # shared default 10 would reach 1023 cycles per unit
+                  ("sigma", "features", "bounds"), {"sigma": 6.0}, uses_sigma=True),
+    EncodingFacts("geoposenc", "nfit.encodings",
+                  "geometric positional encoding: on each axis, frequencies sigma^(j/m), j = 0..m-1 (no DC)",
+                  "largest frequency: 1 up to sigma cycles per unit, geometric, per axis", ("sigma", "features"),
                   uses_sigma=True),
     EncodingFacts("gauss", "nfit.encodings", "Gaussian random Fourier features",
                   "standard deviation of B ~ N(0, sigma^2)", _RANDOM, uses_sigma=True),
@@ -158,8 +170,11 @@ class NetworkFacts:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
+#: how an MLP's layers start (``--init``; ``nfit.networks.initialise_linear``)
+INITS = ("paper", "torch")
+
 NETWORK_FACTS: dict[str, NetworkFacts] = {n.name: n for n in (
-    NetworkFacts("mlp", "nfit.networks"),
+    NetworkFacts("mlp", "nfit.networks", ("init",)),
     # Sitzmann et al. 2020: sine layers on the raw coordinates, 5 layers, lr 1e-4
     NetworkFacts("siren", "nfit.networks", ("omega0",), {"encoding": "none", "depth": 5, "lr": 1e-4}),
     # the grid's features summed: the readout of the GTK analysis (Zhao et al. 2024)

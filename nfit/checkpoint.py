@@ -20,7 +20,9 @@ from nfit.field import Field, build_field
 from nfit.io import atomic_path
 
 FORMAT = "nfit-checkpoint"
-FORMAT_VERSION = 1
+#: 2: ``posenc`` is the paper's encoding; version 1's ``posenc`` (sigma^(j/m)) is now
+#: ``geoposenc``, and ``migrate`` renames it on load
+FORMAT_VERSION = 2
 
 
 #: --store: the dtype the weights are written in (loading converts back to fp32)
@@ -121,10 +123,21 @@ def check_format(path: Path, meta: dict[str, Any] | None, fmt: str, version: int
     return found
 
 
+def migrate(parsed: dict[str, Any], version: int) -> dict[str, Any]:
+    """Metadata of an older format in this version's terms (the tensors need no change)."""
+    if version < 2:
+        encoding = parsed["field"].get("encoding")
+        if isinstance(encoding, dict) and encoding.get("type") == "posenc":
+            parsed["field"]["encoding"] = {**encoding, "type": "geoposenc"}
+        if parsed["config"].get("encoding") == "posenc":
+            parsed["config"]["encoding"] = "geoposenc"
+    return parsed
+
+
 def read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(metadata, tensor table) from the safetensors header, checked, without reading tensors."""
     raw, header = read_safetensors_header(path)
-    check_format(path, raw, FORMAT, FORMAT_VERSION, "checkpoint")
+    version = check_format(path, raw, FORMAT, FORMAT_VERSION, "checkpoint")
     assert raw is not None
     parsed: dict[str, Any] = dict(raw)
     for key in ("field", "signal", "config", "metrics"):
@@ -134,7 +147,7 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
             raise DataError(f"{path}: checkpoint metadata {key!r} is missing or not JSON") from None
         if not isinstance(parsed[key], dict):
             raise DataError(f"{path}: checkpoint metadata {key!r} is not a JSON object")
-    return parsed, header
+    return migrate(parsed, version), header
 
 
 def expected_shapes(path: Path, spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:

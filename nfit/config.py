@@ -82,9 +82,9 @@ class FitConfig:
     """Everything that decides a fit's result. Written as ``config.yaml`` next to the results."""
 
     encoding: str = "gauss"
-    """input encoding: none, basic, posenc, gauss, laplace, uniform, loguniform, hashgrid, densegrid, mulfagrid (see `nfit encodings`)"""
+    """input encoding: none, basic, posenc (the paper's), geoposenc, gauss, laplace, uniform, loguniform, hashgrid, densegrid, mulfagrid (see `nfit encodings`)"""
     sigma: float = 10.0
-    """bandwidth: the scale of the encoding's frequencies"""
+    """bandwidth: the scale of the encoding's frequencies (posenc: octaves, frequencies up to 2^sigma - 1; see `nfit encodings`)"""
     features: int = 256
     """number of Fourier frequencies m (the encoding gives 2m features)"""
     model: str = "mlp"
@@ -93,6 +93,8 @@ class FitConfig:
     """hidden width of the network (64 after a grid encoding)"""
     depth: int = 4
     """number of linear layers (3 after a grid encoding, 5 for siren)"""
+    init: str = field(default="torch", metadata=_group("mlp"))
+    """how the MLP's layers start: paper (the paper's notebooks: W from a truncated normal with std sqrt(2/(fan_in+fan_out)), b ~ N(0, 0.01^2)) or torch (nn.Linear's uniform, std 1/sqrt(3 fan_in)); siren keeps its own"""
     steps: int = 2000
     """optimisation steps"""
     lr: float = 1e-3
@@ -110,7 +112,7 @@ class FitConfig:
     eval_every: int = 25
     """steps between evaluations of the held-out sets"""
     protocol: str | None = None
-    """a published recipe for this kind, set under the flags given: paper (the paper's lr per encoding, sigma, steps, full batch, constant rate)"""
+    """a published recipe for this kind, set under the flags given: paper (the paper's lr per encoding, sigma or posenc scale, steps, full batch, constant rate, --init paper)"""
 
     # Optimizer, schedule, budgets and storage (nfit.train, nfit.schedules; --batch: nfit.feeds).
     schedule: str = "constant"
@@ -224,7 +226,8 @@ class FitConfig:
         from nfit.catalog import NETWORK_FACTS
 
         own = getattr(NETWORK_FACTS.get(self.model), "params", ())
-        return {**{k: v for k, v in self.given("siren").items() if k in own},
+        given = {**self.given("mlp"), **self.given("siren")}
+        return {**{k: v for k, v in given.items() if k in own},
                 "type": self.model, "width": self.width, "depth": self.depth, "output": output}
 
     def validate(self) -> FitConfig:
@@ -253,6 +256,10 @@ class FitConfig:
             raise UsageError(f"--target-psnr must be a number of dB, got {self.target_psnr}")
         if self.params is not None and not (math.isfinite(self.params) and self.params >= 10):
             raise UsageError(f"--params must be a number of parameters of at least 10, got {self.params:g}")
+        from nfit.catalog import INITS
+
+        if self.init not in INITS:
+            raise UsageError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.store not in STORES:
             raise UsageError(f"--store must be one of {', '.join(STORES)}, got {self.store!r}")
         if self.eval_every < 1:
@@ -408,6 +415,9 @@ def check_applicable(cfg: FitConfig, given: set[str], kind: str | None,
                              f"not --encoding {','.join(names)}")
         if group == "siren" and key not in getattr(NETWORK_FACTS.get(cfg.model), "params", ()):
             raise UsageError(f"--{key.replace('_', '-')} applies to --model siren only")
+        if group == "mlp" and key not in getattr(NETWORK_FACTS.get(cfg.model), "params", ()):
+            raise UsageError(f"--{key.replace('_', '-')} applies to --model mlp only "
+                             f"(--model {cfg.model} starts its own way)")
         kinds = OPTIONS[key].metadata.get("kinds")
         if kinds and kind is not None and kind not in kinds:
             raise UsageError(f"--{key.replace('_', '-')} applies to {', '.join(kinds)} fits only, not {kind}")

@@ -12,7 +12,9 @@ The Fourier families follow Tancik et al. 2020 (eq. 5 and Sec. 6):
 
     gamma(v) = [cos(2 pi B v), sin(2 pi B v)],   v in [0, 1)^d,  B: (m, d)
 
-with ``a_j = 1``. ``--sigma`` is the scale of B's distribution for every family.
+with ``a_j = 1``. ``--sigma`` is the scale of B's distribution for every random family,
+the largest frequency for ``geoposenc``, and for the paper's ``posenc`` its notebooks'
+``scale``: frequencies up to 2^sigma - 1.
 """
 
 from __future__ import annotations
@@ -112,6 +114,16 @@ class Encoding(nn.Module):
         """The plain-dict config that rebuilds this encoding (buffers come from the checkpoint)."""
         return {"type": self.name}
 
+    #: the largest --sigma the encoding takes
+    max_sigma: ClassVar[float] = math.inf
+
+    @staticmethod
+    def sigma_for_frequency(frequency: float) -> float:
+        """The --sigma whose frequencies reach about ``frequency`` cycles per unit (the
+        sweep's automatic grid is laid out in frequencies): sigma itself for the random
+        families and geoposenc."""
+        return frequency
+
 
 @register("none")
 class Identity(Encoding):
@@ -157,14 +169,70 @@ class Basic(FourierFeatures):
         super().__init__(in_dim, torch.eye(in_dim))
 
 
+#: the largest scale posenc takes: 2^20 - 1 cycles per unit is past the Nyquist rate of
+#: any grid nfit can hold, and a larger --sigma is almost surely meant for geoposenc
+POSENC_MAX_SCALE = 20.0
+
+
 @register("posenc")
 class PositionalEncoding(FourierFeatures):
-    """Log-linear, on-axis frequencies sigma^(j/m), j = 0..m-1, for each axis separately.
+    """The paper's positional encoding (Tancik et al. 2020, Sec. 6.1; their notebooks'
+    ``2.**np.linspace(0, scale, m) - 1``): on each axis separately, the frequencies
+
+        b_j = 2^(sigma * j / (m - 1)) - 1,   j = 0..m-1,   m = features // d,
+
+    from 0 (a constant feature: DC) to 2^sigma - 1 cycles per unit, evenly spaced in
+    log2(1 + b). ``sigma`` is the notebooks' ``scale`` (6 natural images, 5 text, 3 CT,
+    4 MRI, 6 shapes). B lists the first axis's m frequencies, then the second's, as the
+    notebooks stack them; out_dim = 2 * m * d (the notebooks' 2D m = 128 of 256
+    frequencies, 3D m = 85). The notebooks' coordinates span [0, 1) per axis; a signal on
+    other ``bounds`` [lo, hi] (meshes: [-1, 1]) is mapped onto [0, 1] first, so a scale
+    means the same cycles across the domain as in the notebooks.
+    """
+
+    B: torch.Tensor
+
+    max_sigma: ClassVar[float] = POSENC_MAX_SCALE
+
+    @staticmethod
+    def sigma_for_frequency(frequency: float) -> float:
+        """log2(1 + f): the scale whose largest frequency 2^sigma - 1 is f."""
+        return math.log2(1.0 + frequency)
+
+    def __init__(self, in_dim: int, sigma: float, features: int,
+                 bounds: tuple[float, float] | list[float] = (0.0, 1.0)) -> None:
+        levels = max(features // in_dim, 1)
+        scales = 2.0 ** torch.linspace(0.0, float(sigma), levels, dtype=torch.float64) - 1.0
+        eye = torch.eye(in_dim, dtype=torch.float64)
+        frequencies = (eye[:, None, :] * scales[None, :, None]).reshape(in_dim * levels, in_dim)
+        super().__init__(in_dim, frequencies)
+        lo, hi = (float(b) for b in bounds)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise UsageError(f"posenc bounds must be finite with lo < hi, got {list(bounds)}")
+        self.sigma, self.features, self.bounds = float(sigma), int(features), (lo, hi)
+
+    def forward(self, coords: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        lo, hi = self.bounds
+        if (lo, hi) != (0.0, 1.0):
+            coords = (coords.to(self.B.dtype) - lo) / (hi - lo)
+        return super().forward(coords, dtype)
+
+    def spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"type": self.name, "sigma": self.sigma, "features": self.features}
+        if self.bounds != (0.0, 1.0):
+            spec["bounds"] = list(self.bounds)
+        return spec
+
+
+@register("geoposenc")
+class GeometricPositionalEncoding(FourierFeatures):
+    """Geometric on-axis frequencies sigma^(j/m), j = 0..m-1, on each axis separately: from
+    1 up to (not including) sigma cycles per unit, so ``--sigma`` is the largest frequency
+    as for the random families' scale (nfit's ``posenc`` before the paper's was added).
 
     ``features`` is the total number of frequencies across axes, so m = features // d
     per axis and out_dim = 2 * m * d, comparable with the random families.
     """
-
 
     def __init__(self, in_dim: int, sigma: float, features: int) -> None:
         levels = max(features // in_dim, 1)
@@ -274,6 +342,10 @@ def build_encoding(spec: dict[str, Any], in_dim: int) -> Encoding:
         sigma = spec.get("sigma")
         if sigma is None or not math.isfinite(float(sigma)) or float(sigma) <= 0:
             raise UsageError(f"--sigma must be a positive number for encoding {name!r}, got {sigma}")
+        if float(sigma) > cls.max_sigma:
+            raise UsageError(f"--sigma {float(sigma):g} for posenc means frequencies up to 2^{float(sigma):g} - 1 "
+                             f"(the paper's scale, at most {cls.max_sigma:g}); for sigma as the largest "
+                             "frequency, nfit's earlier posenc, use --encoding geoposenc")
         if name == "loguniform" and float(sigma) < 1:
             raise UsageError("--sigma must be >= 1 for loguniform (frequencies range from 1 to sigma)")
         features = int(spec.get("features", 256))

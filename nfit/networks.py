@@ -12,11 +12,40 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from nfit.catalog import NETWORK_FACTS
+from nfit.catalog import INITS, NETWORK_FACTS
 from nfit.errors import UsageError
 
 NETWORKS: dict[str, type[nn.Module]] = {}
 OUTPUT_ACTIVATIONS = ("sigmoid", "identity")
+#: std of a standard normal truncated to (-2, 2): a truncated draw divided by it has
+#: variance 1 (jax.nn.initializers.variance_scaling's constant)
+TRUNCATED_NORMAL_STD = 0.87962566103423978
+#: std of the paper's biases (stax.Dense's default ``b_init=normal()``)
+PAPER_BIAS_STD = 1e-2
+
+
+def initialise_linear(layer: nn.Linear, init: str) -> None:
+    """Start ``layer`` as ``init`` says.
+
+    ``torch``: ``nn.Linear``'s own, W and b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    (W's std 1/sqrt(3 fan_in)). ``paper``: what the paper's notebooks get from
+    ``stax.Dense``'s defaults, ``W_init=glorot_normal()`` and ``b_init=normal()``:
+    W from a normal truncated to two of its own standard deviations and rescaled so
+    that its std is exactly sqrt(2 / (fan_in + fan_out)) (|W| <= 2 sqrt(2 / (fan_in +
+    fan_out)) / 0.8796), b ~ N(0, 0.01^2). Draws come from torch's global generator, which
+    the fit seeds.
+    """
+    if init == "torch":
+        layer.reset_parameters()
+        return
+    if init != "paper":
+        raise UsageError(f"unknown --init {init!r}; choose from: {', '.join(INITS)}")
+    fan_in, fan_out = layer.in_features, layer.out_features
+    std = math.sqrt(2.0 / (fan_in + fan_out)) / TRUNCATED_NORMAL_STD
+    with torch.no_grad():
+        nn.init.trunc_normal_(layer.weight, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+        if layer.bias is not None:
+            layer.bias.normal_(0.0, PAPER_BIAS_STD)
 
 
 def register(name: str):
@@ -37,6 +66,9 @@ class MLP(nn.Module):
 
     depth=4, width=256 is Tancik et al.'s default: three hidden ReLU layers of 256 and
     a linear output layer, followed by a sigmoid for signals with values in [0, 1].
+    ``init`` chooses how the layers start (``initialise_linear``: the paper's or torch's);
+    a spec without one was written before the choice existed, when every MLP started as
+    torch's.
 
     features: (N, in_dim)  ->  (N, out_dim)
     """
@@ -48,16 +80,21 @@ class MLP(nn.Module):
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, in_dim: int, out_dim: int, width: int = 256, depth: int = 4,
-                 output: str = "sigmoid") -> None:
+                 output: str = "sigmoid", init: str = "torch") -> None:
         super().__init__()
         if depth < 1 or width < 1:
             raise UsageError(f"--depth and --width must be at least 1 (got {depth}, {width})")
         if output not in OUTPUT_ACTIVATIONS:
             raise UsageError(f"unknown output activation {output!r}")
+        if init not in INITS:
+            raise UsageError(f"unknown --init {init!r}; choose from: {', '.join(INITS)}")
         self.in_dim, self.out_dim = in_dim, out_dim
-        self.width, self.depth, self.output = width, depth, output
+        self.width, self.depth, self.output, self.init = width, depth, output, init
         dims = [in_dim] + [width] * (depth - 1) + [out_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        if init != "torch":  # nn.Linear has drawn torch's already
+            for layer in self.layers:
+                initialise_linear(layer, init)  # type: ignore[arg-type]
 
     def activation(self, h: torch.Tensor) -> torch.Tensor:
         """The hidden layers' nonlinearity (``nfit.stack.StackedNetwork`` applies it too)."""
@@ -74,7 +111,8 @@ class MLP(nn.Module):
         return self.finish(self.layers[-1](h))
 
     def spec(self) -> dict[str, Any]:
-        return {"type": self.name, "width": self.width, "depth": self.depth, "output": self.output}
+        return {"type": self.name, "width": self.width, "depth": self.depth, "output": self.output,
+                "init": self.init}
 
 
 @register("siren")

@@ -20,7 +20,9 @@ dimensions spanning an extent L per axis, the rate is r = (N^(1/d) - 1) / L samp
 unit and the Nyquist frequency f_N = r / 2. Gaussian features of scale sigma put most of
 their frequencies below 2-3 sigma, and the paper's best Gaussian sigma for 256x256
 training pixels (f_N = 128) is about 10, so the guess is sigma_0 = f_N / 10. The coarse
-grid is sigma_0 * 4^j, j = -2..2 (f_N / 160 to 1.6 f_N). Each refinement round takes every
+grid is sigma_0 * 4^j, j = -2..2 (f_N / 160 to 1.6 f_N), in frequencies; the paper's posenc,
+whose sigma is in octaves, gets the scales that reach them, log2(1 + s), capped at its
+largest (``Encoding.sigma_for_frequency``, ``max_sigma``). Each refinement round takes every
 encoding's best sigma s*: at the edge of the grid it extends the grid outward by the
 current factor; inside, it halves the log step (factor f -> sqrt f) and trains s*/f and
 s*·f. It stops when every encoding's best is inside its bracket with a factor <= 1.25
@@ -295,6 +297,14 @@ def _best(rows: Sequence[dict[str, Any]], metric: str,
     return max(candidates, key=lambda r: r[key]) if candidates else None
 
 
+def _own_sigmas(encoding: str, frequencies: Sequence[float]) -> list[float]:
+    """An automatic grid laid out in frequencies, as the encoding's own sigmas (capped at
+    its largest, duplicates dropped)."""
+    cls = ENCODINGS[encoding]
+    own = [float(f"{min(cls.sigma_for_frequency(f), cls.max_sigma):.6g}") for f in frequencies]
+    return sorted(set(own))
+
+
 def _tried(members: Sequence[Member], encoding: str) -> list[float]:
     return sorted(m.sigma for m in members if m.encoding == encoding and m.sigma is not None)
 
@@ -358,9 +368,19 @@ def run_sweep(task: Task, base: FitConfig, encodings: Sequence[str], sigma: Sigm
         grid = [float(f"{start * f:.6g}") for f in AUTO_COARSE]
         auto = {"start_sigma": start, "reason": why, "coarse_grid": grid, "rounds": [],
                 "round_budget": rounds, "tolerance": AUTO_TOLERANCE}
+        # the grid is in frequencies; an encoding whose sigma is not one (posenc's octaves)
+        # gets the sigmas that reach them
+        grids = {e: _own_sigmas(e, grid) for e in encodings}
+        if any(g != grid for g in grids.values()):
+            auto["coarse_grids"] = {e: g for e, g in grids.items() if g != grid}
+        members, plan_notes = [], []
+        for enc in encodings:
+            own, own_notes = plan_members([enc], grids[enc], seed_list)
+            members += own
+            plan_notes += own_notes
     else:
         grid = list(sigma.values)
-    members, plan_notes = plan_members(encodings, grid, seed_list)
+        members, plan_notes = plan_members(encodings, grid, seed_list)
     for text in plan_notes:
         note(text)
     _check_member_config(task, bases, members)
@@ -391,7 +411,7 @@ def run_sweep(task: Task, base: FitConfig, encodings: Sequence[str], sigma: Sigm
                         continue
                     factor[enc] = math.sqrt(factor[enc])
                     proposals = [s / factor[enc], s * factor[enc]]
-                proposals = [float(f"{p:.6g}") for p in proposals]
+                proposals = [float(f"{min(p, ENCODINGS[enc].max_sigma):.6g}") for p in proposals]
                 proposals = [p for p in proposals if p not in tried]
                 new += [Member(enc, p, seed, r) for p in proposals for seed in seed_list]
             if not new:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -51,8 +52,8 @@ def test_basic_and_none() -> None:
     assert torch.equal(build_encoding({"type": "none"}, 2)(x), x)
 
 
-def test_posenc_frequencies_are_log_linear_on_axis() -> None:
-    enc = build_encoding({"type": "posenc", "sigma": 10.0, "features": 8}, 2)
+def test_geoposenc_frequencies_are_geometric_on_axis() -> None:
+    enc = build_encoding({"type": "geoposenc", "sigma": 10.0, "features": 8}, 2)
     m = 4  # 8 frequencies over 2 axes
     B = enc.B.double()
     assert B.shape == (8, 2)
@@ -60,6 +61,35 @@ def test_posenc_frequencies_are_log_linear_on_axis() -> None:
     assert ((B != 0).sum(dim=1) == 1).all()
     scales = B.abs().sum(dim=1).reshape(m, 2)[:, 0]
     torch.testing.assert_close(scales, 10.0 ** (torch.arange(m, dtype=torch.float64) / m))
+
+
+@pytest.mark.parametrize("in_dim, scale", [(2, 6.0), (2, 3.0), (3, 4.0)])
+def test_posenc_is_the_papers_closed_form(in_dim: int, scale: float) -> None:
+    # the notebooks' 256 frequencies: m = 256 // d per axis, b_j = 2^(scale j / (m-1)) - 1
+    enc = build_encoding({"type": "posenc", "sigma": scale, "features": 256}, in_dim)
+    m = 256 // in_dim
+    assert enc.out_dim == 2 * m * in_dim
+    B = enc.B.double()
+    # the first axis's m frequencies, then the next axis's, each row on its axis
+    for axis in range(in_dim):
+        block = B[axis * m:(axis + 1) * m]
+        others = [a for a in range(in_dim) if a != axis]
+        assert torch.equal(block[:, others], torch.zeros(m, in_dim - 1, dtype=torch.float64))
+        expected = torch.tensor([2.0 ** (scale * j / (m - 1)) - 1.0 for j in range(m)], dtype=torch.float64)
+        torch.testing.assert_close(block[:, axis], expected.float().double(), rtol=0, atol=0)
+    # DC first, 2^scale - 1 cycles per unit last, and below 1 cycle every j < (m - 1) / scale
+    assert float(B[0].abs().sum()) == 0.0 and float(B[m - 1, 0]) == 2.0**scale - 1
+    assert int((B[:m, 0] < 1).sum()) == math.ceil((m - 1) / scale)
+    # gamma(v) = [cos 2 pi B v, sin 2 pi B v]: the DC row gives the constant features 1 and 0
+    x = torch.rand(7, in_dim)
+    y = enc(x)
+    assert torch.equal(y[:, 0], torch.ones(7)) and torch.equal(y[:, B.shape[0]], torch.zeros(7))
+
+
+def test_posenc_refuses_a_geometric_sigma_and_names_geoposenc() -> None:
+    with pytest.raises(UsageError, match="geoposenc"):
+        build_encoding({"type": "posenc", "sigma": 64.0, "features": 16}, 2)
+    assert build_encoding({"type": "geoposenc", "sigma": 64.0, "features": 16}, 2).B.max() < 64
 
 
 @pytest.mark.parametrize("name", RANDOM)
@@ -80,3 +110,61 @@ def test_bad_sigma_and_unknown_name() -> None:
         build_encoding({"type": "gauss", "sigma": -1.0}, 2)
     with pytest.raises(UsageError, match="unknown encoding"):
         build_encoding({"type": "wavelet"}, 2)
+
+
+def test_a_checkpoint_of_the_earlier_posenc_loads_as_geoposenc(tmp_path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from nfit.checkpoint import load_checkpoint, save_checkpoint
+    from nfit.field import build_field
+
+    torch.manual_seed(0)
+    fld = build_field({"in_dim": 2, "out_dim": 1, "encoding": {"type": "geoposenc", "sigma": 64.0, "features": 8},
+                       "network": {"type": "mlp", "width": 8, "depth": 2}})
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, fld, signal={}, config={"encoding": "geoposenc", "sigma": 64.0})
+    # as format 1 wrote it: the same frequencies under the name posenc
+    with safe_open(str(path), "pt") as fh:
+        meta = dict(fh.metadata())
+    spec = json.loads(meta["field"])
+    spec["encoding"]["type"] = "posenc"
+    spec["network"].pop("init")
+    meta.update(format_version="1", field=json.dumps(spec), config=json.dumps({"encoding": "posenc", "sigma": 64.0}))
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    again, loaded = load_checkpoint(path)
+    assert loaded["field"]["encoding"]["type"] == "geoposenc" and loaded["config"]["encoding"] == "geoposenc"
+    x = torch.rand(9, 2)
+    assert torch.equal(again(x), fld.eval()(x))
+
+
+@pytest.mark.parametrize("kind, scale", [("image", 6.0), ("ct", 3.0), ("mri", 4.0)])
+def test_paper_protocols_give_posenc_the_notebooks_scale(kind: str, scale: float) -> None:
+    from nfit.config import merge_config
+
+    cfg = merge_config({}, {"protocol": "paper", "encoding": "posenc"}, kind=kind)
+    assert cfg.sigma == scale
+    assert build_encoding(cfg.encoding_spec(), 2).B.max() == 2.0**scale - 1
+
+
+def test_posenc_maps_a_meshs_bounds_onto_the_notebooks_unit_cube() -> None:
+    unit = build_encoding({"type": "posenc", "sigma": 6.0, "features": 256}, 3)
+    mesh = build_encoding({"type": "posenc", "sigma": 6.0, "features": 256, "bounds": [-1.0, 1.0]}, 3)
+    v = torch.rand(11, 3) * 2 - 1
+    torch.testing.assert_close(mesh(v), unit((v + 1) / 2), atol=1e-5, rtol=0)
+    assert mesh.spec()["bounds"] == [-1.0, 1.0] and "bounds" not in unit.spec()
+    again = build_encoding(mesh.spec(), 3)
+    assert torch.equal(again(v), mesh(v))
+    from nfit.config import merge_config
+
+    sdf = merge_config({}, {"protocol": "paper", "encoding": "posenc"}, kind="sdf")
+    assert (sdf.encoding, sdf.sigma, sdf.features) == ("posenc", 6.0, 256)
+
+
+def test_posenc_defaults_to_the_notebooks_photograph_scale() -> None:
+    from nfit.config import merge_config
+
+    assert merge_config({}, {"encoding": "posenc"}, kind="image").sigma == 6.0
+    assert merge_config({}, {"encoding": "posenc", "sigma": 3}, kind="image").sigma == 3.0
+    assert merge_config({}, {"encoding": "gauss"}, kind="image").sigma == 10.0
+    assert merge_config({}, {"protocol": "paper", "encoding": "posenc"}, kind="volume").sigma == 4.0

@@ -272,3 +272,13 @@ def test_encodings_lists_which_take_sigma() -> None:
     entries = {e["name"]: e for e in json.loads(res.stdout)["encodings"]}
     assert entries["gauss"]["uses_sigma"] and entries["posenc"]["uses_sigma"]
     assert not entries["none"]["uses_sigma"] and not entries["basic"]["uses_sigma"]
+
+
+def test_auto_grid_gives_posenc_the_scales_that_reach_its_frequencies() -> None:
+    from nfit.sweep import _own_sigmas
+
+    frequencies = [0.8, 3.2, 12.8, 51.2, 204.8, 3e7]
+    assert _own_sigmas("gauss", frequencies) == frequencies
+    scales = _own_sigmas("posenc", frequencies)
+    assert scales[:5] == [float(f"{math.log2(1 + f):.6g}") for f in frequencies[:5]]
+    assert scales[-1] == 20.0  # capped: the largest scale posenc takes

@@ -24,7 +24,7 @@ from nfit.errors import UsageError
 from nfit.io import json_safe
 from nfit.spec import FitSpec, JobSpec, KernelSpec, SweepSpec
 
-PANELS = {"grid": "Grid encodings", "siren": "SIREN", "mesh": "Meshes (sdf)", "ct": "CT", "mri": "MRI",
+PANELS = {"grid": "Grid encodings", "mlp": "Fit", "siren": "SIREN", "mesh": "Meshes (sdf)", "ct": "CT", "mri": "MRI",
           "measure": "Measurements (ct, mri)", None: "Fit"}
 FLAG_NAMES = {"encodings": "--encoding", "sigmas": "--sigma", "json_out": "--json", "html": "--html/--no-html"}
 #: fit options a command does not take: they are its spec's own (or mean nothing to it)

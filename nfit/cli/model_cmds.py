@@ -64,6 +64,8 @@ def info(
 
 def encodings(json_out: Json = False, quiet: Quiet = False) -> None:
     """List the registered encodings, their parameters, and what --sigma means for each."""
+    from rich.markup import escape
+
     from nfit.catalog import ENCODING_FACTS
 
     entries = [{"name": name, "summary": e.summary, "sigma": e.sigma_meaning,
@@ -76,6 +78,7 @@ def encodings(json_out: Json = False, quiet: Quiet = False) -> None:
     for column in ("name", "what it is", "--sigma means", "parameters"):
         table.add_column(column)
     for e in entries:
-        table.add_row(str(e["name"]), str(e["summary"]), str(e["sigma"]),
+        # escaped: a summary's [cos 2 pi v, sin 2 pi v] is text, not rich markup
+        table.add_row(str(e["name"]), escape(str(e["summary"])), escape(str(e["sigma"])),
                       ", ".join(map(str, e["parameters"])) or "-")  # type: ignore[call-overload]
     stdout.print(table)
