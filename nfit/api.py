@@ -208,7 +208,10 @@ def _run_kernel(spec: KernelSpec, reporter: Reporter) -> dict[str, Any]:
     return report
 
 
-KERNEL_COMPARE = ("none", "basic", "posenc", "gauss")
+#: ``nfit kernel --compare``: the encodings set beside the chosen one, all at the one --sigma;
+#: the geometric positional encoding, whose sigma is a largest frequency like gauss's, not
+#: the paper's posenc, whose sigma is a scale in octaves
+KERNEL_COMPARE = ("none", "basic", "geoposenc", "gauss")
 
 
 def _encoding_list(text: str | None, compare: bool) -> list[str]:

@@ -156,7 +156,7 @@ class KernelSpec(JobSpec):
     encodings: str | None = None
     """encoding, or a comma-separated list to compare (default gauss)"""
     compare: bool = False
-    """compare encodings: a list given to --encoding, or none,basic,posenc and the one given"""
+    """compare encodings: a list given to --encoding, or none,basic,geoposenc,gauss and the one given"""
     points: int = 2048
     """training points the kernel is computed on"""
     test_points: int = 1024
