@@ -47,7 +47,8 @@ def main() -> int:
     parser.add_argument("--limit", type=float, default=LIMIT_S, help=f"seconds per benchmark (default {LIMIT_S:g})")
     parser.add_argument("--fp32-only", action="store_true", help="measure as on a CPU without fast bf16")
     ours, rest = parser.parse_known_args()
-    env = dict(os.environ)
+    # unbuffered, so a benchmark stopped at the limit has printed what it measured
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if ours.fp32_only:
         env["NFIT_CPU_BF16"] = "0"
     sys.path.insert(0, str(HERE.parent))
