@@ -8,6 +8,7 @@ including the final scoring of every member).
 
     python bench/bench_stack.py                       # hashgrid, densegrid, siren, gauss; K=4
     python bench/bench_stack.py --families hashgrid --k 4 --steps 30 --rounds 3
+    python bench/bench_stack.py --quick              # one round of 10 steps
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one round of 10 steps")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds = min(args.steps, 10), 1
     device = resolve_device("auto")
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"K = {args.k}, {args.steps} steps, {args.rounds} rounds")

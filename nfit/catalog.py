@@ -51,14 +51,14 @@ KINDS: dict[str, KindFacts] = {k.name: k for k in (
               # sigma_g = 10, posenc scale 6 (the notebook's natural images; 5 for its text
               # images); the notebooks' stax.Dense start (--init paper)
               {"paper": {"*": {"steps": 2000, "lr": 1e-3, "batch": "full", "split": "paper",
-                               "schedule": "constant", "warmup": 0.0, "init": "paper"},
+                               "schedule": "constant", "warmup": 0.0, "init": "paper", "patience": 0},
                          "none": {"lr": 1e-2}, "basic": {"lr": 1e-2}, "posenc": {"sigma": 6.0},
                          "gauss": {"sigma": 10.0}}}),
     # the full batch of a volume would not fit: random voxels per step
     # (the paper's notebooks fit with a constant-rate Adam, as nfit did before schedules)
     KindFacts("volume", "nfit.signals.volume:VOLUME", VOLUME_EXTENSIONS, {"batch": 1 << 16},
               # posenc: the scale of the MRI notebook, the paper's only 3D volumes
-              {"paper": {"*": {"schedule": "constant", "warmup": 0.0, "init": "paper"},
+              {"paper": {"*": {"schedule": "constant", "warmup": 0.0, "init": "paper", "patience": 0},
                          "posenc": {"sigma": 4.0}}}),
     # sigma 10 overfits the sampled points on [-1, 1]^3 (spot, 300 steps: IoU 0.09 at
     # sigma 8, 0.96 at 2, 0.98 at 1; bench/bench_sdf.py); each step draws 16,384 points
@@ -69,7 +69,7 @@ KINDS: dict[str, KindFacts] = {k.name: k for k in (
     KindFacts("sdf", "nfit.signals.mesh:SDF", MESH_EXTENSIONS, {"sigma": 2.0, "batch": 16_384},
               {"paper": {"*": {"target": "occupancy", "encoding": "gauss", "sigma": 6.0, "features": 256,
                                "width": 256, "depth": 8, "steps": 10_000, "batch": 32_768, "lr": 5e-4,
-                               "schedule": "exp", "decay_steps": 5000, "warmup": 0.0, "init": "paper"},
+                               "schedule": "exp", "decay_steps": 5000, "warmup": 0.0, "init": "paper", "patience": 0},
                          "posenc": {"sigma": 6.0}}}),
     # tancik/fourier-feature-networks, Experiments/2d_CT: 20 parallel views of the notebook's
     # projector, 0.5 MSE on the sinogram, full-batch Adam at lr 1e-3 (posenc, gauss) or 1e-2
@@ -79,7 +79,7 @@ KINDS: dict[str, KindFacts] = {k.name: k for k in (
     KindFacts("ct", "nfit.signals.ct:CT", IMAGE_EXTENSIONS, {"batch": "full", "steps": 1000, "sigma": 4.0},
               {"paper": {"*": {"steps": PAPER_REPORTED_STEP, "batch": "full", "lr": 1e-3, "projector": "paper",
                                "views": CT_VIEWS, "held_out": 0.0, "schedule": "constant", "warmup": 0.0,
-                               "init": "paper"},
+                               "init": "paper", "patience": 0},
                          "none": {"lr": 1e-2}, "basic": {"lr": 1e-2},
                          "posenc": {"lr": 1e-3, "sigma": 3.0}, "gauss": {"lr": 1e-3, "sigma": 4.0}}},
               input_option="sinogram", through_operator=True),
@@ -90,7 +90,7 @@ KINDS: dict[str, KindFacts] = {k.name: k for k in (
     KindFacts("mri", "nfit.signals.mri:MRI", VOLUME_EXTENSIONS,
               {"batch": "full", "steps": 1000, "lr": 2e-3, "sigma": 5.0},
               {"paper": {"*": {"steps": PAPER_REPORTED_STEP, "batch": "full", "lr": 2e-3, "grid": "96x96x96",
-                               "held_out": 0.0, "schedule": "constant", "warmup": 0.0, "init": "paper"},
+                               "held_out": 0.0, "schedule": "constant", "warmup": 0.0, "init": "paper", "patience": 0},
                          "posenc": {"sigma": 4.0}, "gauss": {"sigma": 5.0}}},
               input_option="kspace", through_operator=True),
 )}

@@ -35,6 +35,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "tf32")
 STORES = ("fp32", "fp16", "bf16")
 #: --steps when a --time-budget is given without one: the budget decides
 BUDGET_STEP_CAP = 1_000_000
+#: --patience by default, in steps, where the fit has a validation set (see README,
+#: "Early stopping", for the measurement that chose it)
+DEFAULT_PATIENCE = 200
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
 
 
@@ -127,6 +130,8 @@ class FitConfig:
     """stop when this much training time is spent (300, 90s, 5m, 1h30m), then write every output; with it --steps is only a cap"""
     target_psnr: float | None = None
     """stop when this PSNR (dB) is reached: on the validation set where there is one, else the test set (= the training set for --split all)"""
+    patience: int | None = None
+    """early stopping: stop when the validation score (PSNR; IoU for meshes) has not improved for this many steps, and write the best step's state, not the last; 0 = off (default: 200 where the fit has a validation set, off under --protocol)"""
     params: float | None = None
     """size the model to this many parameters (1e5): the MLP's width, or the grid's table (hashgrid: levels and table size; densegrid, mulfagrid: finest resolution)"""
     store: str = "fp32"
@@ -262,6 +267,8 @@ class FitConfig:
             raise UsageError(f"--init must be one of {', '.join(INITS)}, got {self.init!r}")
         if self.store not in STORES:
             raise UsageError(f"--store must be one of {', '.join(STORES)}, got {self.store!r}")
+        if self.patience is not None and self.patience < 0:
+            raise UsageError(f"--patience must be 0 (off) or a number of steps, got {self.patience}")
         if self.eval_every < 1:
             raise UsageError(f"--eval-every must be at least 1, got {self.eval_every}")
         if self.device not in DEVICES:

@@ -193,8 +193,12 @@ def fit_rows(report: dict[str, Any]) -> list[tuple[str, Any]]:
         rows.append(("channels fitted", report["channels"]))
     for role in ("train", "val", "test"):
         rows += [(f"{role} {k}", v) for k, v in report.get(role, {}).items() if k != "loss"]
+    rows.append(("steps", report["steps"]))
+    if report.get("early_stopping"):
+        # the scores above and every output are the best step's state
+        rows += [("stopped", report.get("stopped")), ("best step (written)", report.get("best_step"))]
     return rows + [(label, report[key]) for label, key in (
-        ("steps", "steps"), ("wall time (s)", "wall_time_s"), ("steps/s", "steps_per_s"),
+        ("wall time (s)", "wall_time_s"), ("steps/s", "steps_per_s"),
         ("parameters", "parameters"), ("device", "device"), ("precision", "precision"))]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 import torch
@@ -14,6 +15,10 @@ from nfit.errors import UsageError
 CPU_STEP_CHUNK = 8192
 #: Points per chunk on a GPU (a training slice of one member, a scoring or rendering chunk).
 EVAL_CHUNK = 1 << 16
+#: ``NFIT_CPU_BF16=0`` treats this CPU as one without fast bf16: ``--precision auto`` picks
+#: fp32 and the benchmarks skip bf16, as on an AVX2-only CPU (to check that path on a CPU
+#: that has AMX).
+CPU_BF16_ENV = "NFIT_CPU_BF16"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,7 +44,10 @@ def cpu_has_fast_bf16() -> bool:
     AMD with AVX512-BF16 (Zen 4: bf16 matmul peak 414 GFLOP/s, the bf16 step 2.9-3.7x the
     plain loop). AVX512-BF16 alone is not enough on Intel: a 2-core Xeon with it and without
     AMX measured a bf16 peak of 138 GFLOP/s against 240 in fp32, and the paper protocol's
-    step 0.79 s in bf16 against 0.57 s in fp32 (``python bench/bench_fit.py --quick``)."""
+    step 0.79 s in bf16 against 0.57 s in fp32 (``python bench/bench_fit.py --quick``).
+    False when ``NFIT_CPU_BF16=0`` (``CPU_BF16_ENV``)."""
+    if os.environ.get(CPU_BF16_ENV, "").strip().lower() in ("0", "no", "off", "false"):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

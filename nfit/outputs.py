@@ -49,7 +49,7 @@ def write_curve(task: Task, history: list[dict[str, float]], out_dir: Path) -> l
     return ["curve.csv", "curve.png"]
 
 
-def metrics_on(task: Task) -> dict[str, str]:
+def metrics_on(task: Task, early: bool = False) -> dict[str, str]:
     """What each scored set of a fit is measured on (the same in curve.csv, the progress
     bar and report.json); a kind's own ``psnr_on`` says more for measurement kinds."""
     problem = task.problem
@@ -62,6 +62,9 @@ def metrics_on(task: Task) -> dict[str, str]:
     for name in problem.held_out():
         out[name] = "every point of the set, in fp32, in the report; during training, the same set " \
                     "or a fixed random subset of it when it is large"
+    if early:
+        out["report"] = "the state of the best step on validation (best_step), which the outputs and " \
+                        "the checkpoint hold too; curve.csv goes on to the step where the fit stopped"
     return out
 
 
@@ -93,9 +96,13 @@ def write_results(kind: str, task: Task, cfg: FitConfig, result: FitResult,
         report["job"] = job
     if "stopped" in result.extra:
         report["stopped"] = result.extra["stopped"]
+    if result.extra.get("early_stopping"):
+        # the outputs, the checkpoint and the metrics below are the best step's state
+        report["early_stopping"] = result.extra["early_stopping"]
+        report["best_step"] = result.extra["early_stopping"]["best_step"]
     if result.extra.get("feed"):
         report["feed"] = result.extra["feed"]
-    report["metrics_on"] = metrics_on(task)
+    report["metrics_on"] = metrics_on(task, bool(result.extra.get("early_stopping")))
     metric = task.problem.metric_name
     for role in ("train", "val", "test"):
         if f"{role}_{metric}" in result.metrics:

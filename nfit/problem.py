@@ -116,7 +116,10 @@ class FitState:
     model: the field's state_dict; optimizer: the optimizer's state_dict (tensors and
     plain values); rng: "torch_cpu" (torch's global CPU generator), "sampler" (the fit's
     own sampling generator), "torch_cuda" on CUDA; history: the evaluation rows so far;
-    elapsed: training seconds so far. All tensors are on the CPU.
+    elapsed: training seconds so far. Under early stopping (``nfit.train.Plateau``):
+    best, each member's best validation score and its step ({"steps": [...], "values":
+    [...]}), and best_model, the weights at those steps (keyed as ``model``; a member
+    that has no best yet has none). All tensors are on the CPU.
     """
 
     step: int
@@ -125,6 +128,8 @@ class FitState:
     rng: dict[str, torch.Tensor]
     history: list[dict[str, float]]
     elapsed: float
+    best: dict[str, list[float]] | None = None
+    best_model: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 #: ``on_step(step, capture)``: called after every completed step; ``capture()`` returns

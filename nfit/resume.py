@@ -1,7 +1,8 @@
 """The resume state of an unfinished fit: ``DIR/resume.safetensors``.
 
 One safetensors file holds every tensor of a ``FitState`` (weights under ``model/``,
-optimizer moments under ``optim/<param>/<key>``, generator states under ``rng/``) and,
+optimizer moments under ``optim/<param>/<key>``, generator states under ``rng/``, the
+early-stopping best weights under ``best/``) and,
 as JSON in its metadata, everything else: the job (signal kind, input path and its
 SHA-256, config, checkpoint interval), the step, the evaluation history and the
 optimizer's plain values. One file written atomically means the tensors and the JSON
@@ -43,6 +44,7 @@ def save_resume(out_dir: Path, state: FitState, job: dict[str, Any]) -> Path:
 
     tensors: dict[str, torch.Tensor] = {f"model/{k}": v for k, v in state.model.items()}
     tensors.update({f"rng/{k}": v for k, v in state.rng.items()})
+    tensors.update({f"best/{k}": v for k, v in state.best_model.items()})
     plain: dict[str, dict[str, Any]] = {}
     for index, entry in state.optimizer["state"].items():
         for key, value in entry.items():
@@ -52,6 +54,8 @@ def save_resume(out_dir: Path, state: FitState, job: dict[str, Any]) -> Path:
                 plain.setdefault(str(index), {})[key] = value
     body = {"step": state.step, "history": state.history, "elapsed": state.elapsed,
             "param_groups": state.optimizer["param_groups"], "optim_plain": plain}
+    if state.best is not None:
+        body["best"] = state.best
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION),
                 "job": json.dumps(job), "state": json.dumps(body),
                 "nfit_version": __version__, "torch_version": torch.__version__}
@@ -84,7 +88,8 @@ def load_resume(path: Path, expected_model: dict[str, tuple[int, ...]]) -> FitSt
     _, body, table = read_resume_header(path)
     found = {k[len("model/"):]: tuple(v["shape"]) for k, v in table.items()
              if k.startswith("model/")}
-    if found != expected_model:
+    best_shapes = {k[len("best/"):]: tuple(v["shape"]) for k, v in table.items() if k.startswith("best/")}
+    if found != expected_model or any(expected_model.get(k) != v for k, v in best_shapes.items()):
         raise DataError(f"{path}: resume state does not match the model its config describes")
     try:
         tensors = load_file(str(path))
@@ -92,6 +97,13 @@ def load_resume(path: Path, expected_model: dict[str, tuple[int, ...]]) -> FitSt
         raise DataError(f"{path}: cannot read resume state tensors ({exc})") from None
     model = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
     rng = {k[len("rng/"):]: v for k, v in tensors.items() if k.startswith("rng/")}
+    best_model = {k[len("best/"):]: v for k, v in tensors.items() if k.startswith("best/")}
+    best = body.get("best")
+    if best is not None:
+        try:
+            best = {"steps": [float(v) for v in best["steps"]], "values": [float(v) for v in best["values"]]}
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{path}: resume state's early-stopping record is malformed") from None
     if "sampler" not in rng or "torch_cpu" not in rng:
         raise DataError(f"{path}: resume state lacks its generator states")
     optim_state: dict[int, dict[str, Any]] = {}
@@ -104,4 +116,5 @@ def load_resume(path: Path, expected_model: dict[str, tuple[int, ...]]) -> FitSt
     groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else dict(g)
               for g in body["param_groups"]]
     return FitState(int(body["step"]), model, {"state": optim_state, "param_groups": groups},
-                    rng, [dict(r) for r in body["history"]], float(body.get("elapsed", 0.0)))
+                    rng, [dict(r) for r in body["history"]], float(body.get("elapsed", 0.0)),
+                    best, best_model)

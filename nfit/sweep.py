@@ -149,6 +149,11 @@ class Member:
     metrics: dict[str, float] = dataclass_field(default_factory=dict)
     diverged: bool = False
     wall_time: float = 0.0
+    #: steps its stack ran, and under early stopping the step whose state it keeps
+    steps: int = 0
+    best_step: int | None = None
+    patience: int = 0
+    stopped: str = "steps"
 
     def config(self, base: FitConfig) -> FitConfig:
         return replace(base, encoding=self.encoding, seed=self.seed,
@@ -181,9 +186,13 @@ class SweepResult:
     def best_fit_result(self) -> FitResult:
         b = self.best
         assert b.field is not None
-        steps = int(b.history[-1]["step"]) if b.history else 0
+        steps = b.steps or (int(b.history[-1]["step"]) if b.history else 0)
+        extra: dict[str, Any] = {"sweep_group": b.group, "stopped": b.stopped}
+        if b.patience:
+            extra["early_stopping"] = {"patience": b.patience, "score": f"val_{self.metric}",
+                                       "best_step": b.best_step}
         return FitResult(b.field, b.history, b.metrics, steps, b.wall_time, self.device,
-                         self.precision, extra={"sweep_group": b.group})
+                         self.precision, extra=extra)
 
 
 def nyquist_sigma(task: Task) -> tuple[float, str]:
@@ -223,7 +232,7 @@ def _group_key(fld: Field, cfg: FitConfig) -> tuple[Any, ...]:
     """Members share a stack only with one field shape (``nfit.stack.stack_key``) and one
     schedule."""
     return stack_key(fld) + (cfg.steps, cfg.lr, cfg.batch, cfg.eval_every, cfg.schedule, cfg.warmup,
-                             cfg.decay_steps, cfg.time_budget, cfg.target_psnr)
+                             cfg.decay_steps, cfg.time_budget, cfg.target_psnr, cfg.patience)
 
 
 def train_members(task: Task, base: FitConfig | Mapping[str, FitConfig],
@@ -261,12 +270,14 @@ def train_members(task: Task, base: FitConfig | Mapping[str, FitConfig],
             m = members[i]
             m.group, m.field, m.history, m.metrics = g, fields[i], r.history, r.metrics
             m.diverged, m.wall_time = r.diverged, result.wall_time
+            m.steps, m.best_step, m.patience, m.stopped = result.steps, r.best_step, result.patience, result.stopped
         described.append({"group": g, "mode": "stacked", "members": len(idx),
                           "encoding": fld.encoding.name,
                           "model": type(fld.network).name,  # type: ignore[attr-defined]
                           "feature_dim": dim, "estimated_bytes": sum(per[i] for i in idx),
                           "budget_bytes": budget, "wall_time_s": result.wall_time,
-                          "member_steps_per_s": len(idx) * shared.steps / result.wall_time
+                          "steps": result.steps, "stopped": result.stopped,
+                          "member_steps_per_s": len(idx) * result.steps / result.wall_time
                           if result.wall_time > 0 else float("nan")})
     return described
 
@@ -465,6 +476,8 @@ def member_rows(result: SweepResult) -> list[dict[str, Any]]:
         for role in ("train", "val", "test"):
             for what in ("loss", metric):
                 row[f"{role}_{what}"] = m.metrics.get(f"{role}_{what}", float("nan"))
+        # scores are of the member's best state on validation under early stopping
+        row["steps"], row["best_step"] = m.steps, m.best_step
         rows.append(row)
     return rows
 
@@ -519,7 +532,7 @@ def plot_sweep(path: Path, result: SweepResult, title: str = "") -> None:
 def sweep_report(kind: str, task: Task, base: FitConfig, result: SweepResult) -> dict[str, Any]:
     metric = result.metric
     best = result.best
-    total_member_steps = sum(g["members"] for g in result.groups) * base.steps
+    total_member_steps = sum(g["members"] * g.get("steps", base.steps) for g in result.groups)
     return {
         "kind": kind,
         "signal": task.meta,

@@ -15,7 +15,7 @@ from nfit.config import FitConfig
 from nfit.device import resolve_device, resolve_precision
 from nfit.problem import FitResult, FitState, StepHook
 from nfit.signals import Task, build_task_field, signal_kind
-from nfit.train import fit
+from nfit.train import fit, patience_of
 
 __all__ = ["SOURCE_NAME", "fit_task", "prepare_task"]
 
@@ -26,6 +26,7 @@ SOURCE_NAME: contextvars.ContextVar[str | None] = contextvars.ContextVar("source
 def prepare_task(kind: str, path: str | Path, cfg: FitConfig) -> Task:
     """Load ``path`` as a signal of ``kind`` and build its fitting problem."""
     task = signal_kind(kind).prepare(Path(path), cfg.validate())
+    patience_of(cfg.patience, task.problem)  # a --patience without a validation set: before anything trains
     if SOURCE_NAME.get() is not None:
         task.meta["source"] = SOURCE_NAME.get()
     return task

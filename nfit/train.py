@@ -14,6 +14,8 @@ named pieces:
 - ``Evaluator``: held-out scores every ``eval_every`` steps (large sets on a fixed
   subset) and every set in full at the end.
 - ``Stopper``: the step cap, ``--time-budget``, ``--target-psnr`` and divergence.
+- ``Plateau``: early stopping on the validation set (``--patience``), with each member's
+  best state kept; the fit ends with the best states, not the last.
 - ``Resumer``: a ``FitState`` captured at any step and restored bit-identically (weights,
   optimizer moments, generators, history, elapsed time), offered to ``on_step``.
 
@@ -35,7 +37,7 @@ from typing import Any
 
 import torch
 
-from nfit.config import FitConfig
+from nfit.config import DEFAULT_PATIENCE, FitConfig
 from nfit.device import autocast, compute_dtype, configure_matmul, keep_grid_graphs, slice_rows
 from nfit.errors import DivergenceError, UsageError
 from nfit.feeds import Feed, FeedContext, MemberRNG, Slice, build_feed
@@ -68,12 +70,15 @@ class TrainOptions:
     time_budget_s: float | None = None
     target_psnr: float | None = None
     seed: int = 0
+    #: --patience as given: None for the default (``patience_of``)
+    patience: int | None = None
 
     @classmethod
     def of(cls, cfg: FitConfig) -> TrainOptions:
         return cls(steps=int(cfg.steps), lr=float(cfg.lr), optimizer=cfg.optimizer, schedule=cfg.schedule,
                    warmup=float(cfg.warmup), decay_steps=int(cfg.decay_steps), eval_every=int(cfg.eval_every),
-                   time_budget_s=cfg.time_budget_s(), target_psnr=cfg.target_psnr, seed=int(cfg.seed))
+                   time_budget_s=cfg.time_budget_s(), target_psnr=cfg.target_psnr, seed=int(cfg.seed),
+                   patience=cfg.patience)
 
 
 @dataclass
@@ -83,6 +88,8 @@ class MemberResult:
     history: list[dict[str, float]]
     metrics: dict[str, float]
     diverged: bool = False
+    #: the step whose state the member ends with under early stopping (None: the last)
+    best_step: int | None = None
 
 
 @dataclass
@@ -92,10 +99,13 @@ class TrainResult:
     wall_time: float
     device: str
     precision: str
-    #: why the fit ended: "steps", "time budget" or "target psnr"
+    #: why the fit ended: "steps", "time budget", "target psnr" or "plateau"
     stopped: str = "steps"
     #: how points reached the loss (``Feed.describe``)
     feed: dict[str, Any] | None = None
+    #: early stopping's patience in steps (0: off) and the score it watched
+    patience: int = 0
+    watched: str | None = None
 
 
 def member_states(fields: Sequence[Field]) -> dict[str, torch.Tensor]:
@@ -268,9 +278,11 @@ class Evaluator:
                 self._put(out, name, scores.result())
         return out
 
-    def final(self) -> list[dict[str, float]]:
-        """K rows of every set's scores in full, fp32 without autocast."""
-        members, ctx = self.ctx.members, self.ctx
+    def final(self, members: Members | None = None) -> list[dict[str, float]]:
+        """K rows of every set's scores in full, fp32 without autocast (of ``members``, by
+        default the ones training ran)."""
+        ctx = self.ctx
+        members = members if members is not None else ctx.members
         out: list[dict[str, float]] = [{} for _ in range(self.k)]
         if isinstance(self.objective, OperatorObjective):
             # fp32 inputs prepared slice by slice (the cached ones are in the fit's dtype)
@@ -331,6 +343,87 @@ class Stopper:
         raise DivergenceError(f"the fit diverged (loss or weights NaN or infinite) at step {step}; {cause}")
 
 
+def patience_of(patience: int | None, problem: Problem) -> int:
+    """Early stopping's patience in steps: ``--patience`` as given, else DEFAULT_PATIENCE
+    where the problem has a validation set and 0 (off) where it has none. A patience given
+    to a fit without a validation set is a usage error."""
+    has_val = "val" in problem.held_out()
+    if patience is None:
+        return DEFAULT_PATIENCE if has_val else 0
+    if patience > 0 and not has_val:
+        raise UsageError("--patience stops on the validation set, and this fit has none; use --split paper "
+                         "or random:F (images), --held-out F (ct, mri), or --patience 0")
+    return int(patience)
+
+
+class Plateau:
+    """Early stopping with the best state kept, per member.
+
+    At each evaluation a member whose validation score (the objective's ``select``: PSNR,
+    or IoU for meshes) beats its best so far keeps a copy of its weights and that step. A
+    member has plateaued when ``patience`` steps have passed since its best; the fit
+    stops when every member has (a member that diverged never improves, so it plateaus
+    too). At the end each member is given back its best weights. Off with patience 0.
+    """
+
+    def __init__(self, patience: int, problem: Problem, k: int) -> None:
+        self.patience, self.k = patience, k
+        self.key = f"val_{problem.objective.select}"
+        self.steps = [0.0] * k
+        self.values = [-math.inf] * k
+        self.states: list[dict[str, torch.Tensor] | None] = [None] * k
+
+    @property
+    def on(self) -> bool:
+        return self.patience > 0
+
+    def update(self, step: int, rows: list[dict[str, float]], members: Members,
+               fields: Sequence[Field]) -> bool:
+        """Record the evaluation at ``step``; True when every member has plateaued."""
+        if not self.on:
+            return False
+        better = [i for i, row in enumerate(rows)
+                  if math.isfinite(row.get(self.key, math.nan)) and row[self.key] > self.values[i]]
+        if better:
+            members.write_back(fields)
+            for i in better:
+                self.values[i], self.steps[i] = float(rows[i][self.key]), float(step)
+                self.states[i] = {n: v.detach().cpu().clone() for n, v in fields[i].state_dict().items()}
+        return all(step - s >= self.patience for s in self.steps)
+
+    def best_steps(self) -> list[int | None]:
+        return [int(s) if state is not None else None for s, state in zip(self.steps, self.states, strict=True)]
+
+    def restore_best(self, fields: Sequence[Field]) -> bool:
+        """Load each member's best weights into its field; True when any was loaded."""
+        loaded = False
+        for f, state in zip(fields, self.states, strict=True):
+            if state is not None:
+                f.load_state_dict(state, strict=True)
+                loaded = True
+        return loaded
+
+    def state(self) -> tuple[dict[str, list[float]] | None, dict[str, torch.Tensor]]:
+        """(FitState.best, FitState.best_model): flat keys as ``member_states``."""
+        if not self.on:
+            return None, {}
+        flat: dict[str, torch.Tensor] = {}
+        for i, state in enumerate(self.states):
+            if state is not None:
+                flat.update({(k if self.k == 1 else f"member{i}/{k}"): v.clone() for k, v in state.items()})
+        return {"steps": list(self.steps), "values": list(self.values)}, flat
+
+    def restore(self, best: dict[str, list[float]] | None, flat: dict[str, torch.Tensor]) -> None:
+        if not self.on or best is None:
+            return
+        self.steps = [float(v) for v in best["steps"]]
+        self.values = [float(v) for v in best["values"]]
+        for i in range(self.k):
+            prefix = "" if self.k == 1 else f"member{i}/"
+            own = {k[len(prefix):]: v.clone() for k, v in flat.items() if k.startswith(prefix)}
+            self.states[i] = own or None
+
+
 # ---------------------------------------------------------------------------- resume
 
 
@@ -338,12 +431,14 @@ class Resumer:
     """Captures and restores everything a bit-identical continuation needs."""
 
     def __init__(self, fields: Sequence[Field], members: Members, optimizer: torch.optim.Optimizer,
-                 rng: MemberRNG, device: torch.device) -> None:
+                 rng: MemberRNG, device: torch.device, plateau: Plateau) -> None:
         self.fields, self.members, self.optimizer, self.rng, self.device = fields, members, optimizer, rng, device
+        self.plateau = plateau
 
     def restore(self, start: FitState, k: int) -> list[list[dict[str, float]]]:
         """Load the optimizer and generators; return the history per member."""
         self.optimizer.load_state_dict(start.optimizer)
+        self.plateau.restore(start.best, start.best_model)
         self.rng.restore(start.rng)
         torch.set_rng_state(start.rng["torch_cpu"])
         if self.device.type == "cuda" and "torch_cuda" in start.rng:
@@ -359,7 +454,9 @@ class Resumer:
         if self.device.type == "cuda":
             rng["torch_cuda"] = torch.cuda.get_rng_state(self.device)
         rows = [dict(r) for hist in history for r in hist]
-        return FitState(step, member_states(self.fields), optimizer_state_cpu(self.optimizer), rng, rows, elapsed)
+        best, best_model = self.plateau.state()
+        return FitState(step, member_states(self.fields), optimizer_state_cpu(self.optimizer), rng, rows, elapsed,
+                        best, best_model)
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -376,7 +473,8 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
     ``cfg.seed``). ``cfg`` supplies the shared options (``TrainOptions``) and ``--batch``
     (read by the feed). With ``start`` the weights, optimizer moments, generators and
     history are restored and training continues at step ``start.step + 1``. ``on_eval``
-    receives member 0's history rows as they are made.
+    receives member 0's history rows as they are made. Under early stopping (``Plateau``)
+    the fields end with their best states and the final metrics are theirs.
     """
     opts = TrainOptions.of(cfg)
     k = len(fields)
@@ -409,7 +507,8 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
                       cached_points * members.point_bytes(dtype) <= FEATURE_CACHE_BYTES, rng)
     feed.start(ctx, raw=raw)
     evaluator.start(ctx, feed)
-    resumer = Resumer(fields, members, optimizer, rng, device)
+    plateau = Plateau(patience_of(opts.patience, problem), problem, k)
+    resumer = Resumer(fields, members, optimizer, rng, device, plateau)
     network = fields[0].network
     keep_graphs = isinstance(objective, OperatorObjective) and keep_grid_graphs(
         objective.points, k, int(getattr(network, "width", 0) or 0), int(getattr(network, "depth", 0) or 0),
@@ -475,25 +574,30 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
         optimizer.step()
         stopper.check_loss(step, recent)
         out_of_time = stopper.out_of_time(elapsed())
-        reached = False
+        reached = plateaued = False
         if step % opts.eval_every == 0 or step == opts.steps or out_of_time:
             stopper.check_loss(step, recent, every=False)
-            reached = stopper.reached(evaluate(step))
+            rows = evaluate(step)
+            reached = stopper.reached(rows)
+            plateaued = plateau.update(step, rows, members, fields)
         if on_step is not None:
             on_step(step, lambda step=step: capture(step))  # type: ignore[misc]
         last_step = step
-        if out_of_time or reached:
-            stopped = "time budget" if out_of_time else "target psnr"
+        if out_of_time or reached or plateaued:
+            stopped = "time budget" if out_of_time else "target psnr" if reached else "plateau"
             break
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = elapsed()
     members.eval()
     members.write_back(fields)
+    if plateau.restore_best(fields):
+        # the final scores are the best states': the stack is rebuilt from them
+        members = Members(fields).to(device).eval()
     for f in fields:
         f.eval()
 
-    final = evaluator.final()
+    final = evaluator.final(members)
     last = recent.tolist()
     results = []
     for i in range(k):
@@ -503,8 +607,9 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
             or not all(bool(torch.isfinite(p).all()) for p in fields[i].parameters())
         if bad and stopper.stop:
             stopper.diverged(last_step)
-        results.append(MemberResult(history[i], final[i], diverged=bad))
-    return TrainResult(results, last_step, wall, str(device), precision, stopped, feed.describe())
+        results.append(MemberResult(history[i], final[i], diverged=bad, best_step=plateau.best_steps()[i]))
+    return TrainResult(results, last_step, wall, str(device), precision, stopped, feed.describe(),
+                       plateau.patience, plateau.key if plateau.on else None)
 
 
 def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, precision: str,
@@ -514,5 +619,9 @@ def fit(fld: Field, problem: Problem, cfg: FitConfig, *, device: torch.device, p
     result = train([fld], problem, cfg, device=device, precision=precision, start=start,
                    on_step=on_step, on_eval=on_eval)
     member = result.members[0]
+    extra: dict[str, Any] = {"stopped": result.stopped, "feed": result.feed}
+    if result.patience:
+        extra["early_stopping"] = {"patience": result.patience, "score": result.watched,
+                                   "best_step": member.best_step}
     return FitResult(fld, member.history, member.metrics, result.steps, result.wall_time,
-                     result.device, result.precision, extra={"stopped": result.stopped, "feed": result.feed})
+                     result.device, result.precision, extra=extra)

@@ -254,7 +254,9 @@ def _train_gd(fld: Field, data: Subset, lr: float, steps: int, eval_every: int
         raise UsageError(f"gradient descent diverged at step 0 with --lr {lr:g}; use a smaller --lr (or 'auto')")
     problem = Problem(data.train_x, data.train_y, {"fitted": (data.train_x, data.train_y),
                                                    "test": (data.test_x, data.test_y)})
-    cfg = FitConfig(steps=steps, lr=lr, optimizer="sgd", eval_every=eval_every, batch="full", precision="fp32")
+    # every step of the curve is compared with the prediction: no early stopping
+    cfg = FitConfig(steps=steps, lr=lr, optimizer="sgd", eval_every=eval_every, batch="full", precision="fp32",
+                    patience=0)
     try:
         result = train([fld], problem, cfg, device=device, precision="fp32")
     except DivergenceError:
