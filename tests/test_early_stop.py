@@ -122,8 +122,10 @@ def test_protocol_paper_keeps_its_fixed_steps(noisy, stopped, tmp_path) -> None:
     assert paper["config"]["patience"] == 0 and paper["config"]["batch"] == "full"
     assert paper["steps"] == steps and paper["stopped"] == "steps"
     assert "early_stopping" not in paper and "best_step" not in paper
-    # --patience 0 is the same loop: the last state, bit for bit
-    off = run(FitSpec(kind="image", input=str(noisy), options=options(patience=0, steps=steps, batch="full"),
+    # --patience 0 is the same loop: the last state, bit for bit (the protocol also starts
+    # from the paper's initialisation)
+    off = run(FitSpec(kind="image", input=str(noisy), options=options(patience=0, steps=steps, batch="full",
+                                                                      init="paper"),
                       out=str(tmp_path / "off")))
     assert off["steps"] == steps and off["metrics"] == paper["metrics"]
 
