@@ -39,6 +39,15 @@ import torch.nn.functional as F
 from nfit.metrics import psnr_from_mse
 
 
+def sum_terms(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The total of named per-member terms, each (K,): what training minimises."""
+    values = list(terms.values())
+    total = values[0]
+    for value in values[1:]:
+        total = total + value
+    return total
+
+
 class Objective:
     """A pointwise objective: what the field minimises at its points and how it is scored.
 
@@ -71,11 +80,7 @@ class Objective:
     def loss(self, pred: torch.Tensor, target: torch.Tensor,
              coords: torch.Tensor | None = None) -> torch.Tensor:
         """The per-member training loss (K,): the sum of ``terms``."""
-        terms = list(self.terms(pred, target, coords).values())
-        total = terms[0]
-        for term in terms[1:]:
-            total = total + term
-        return total
+        return sum_terms(self.terms(pred, target, coords))
 
     def point_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Loss summed over channels per point, float64: (K, n, C) -> (K, n), for scoring."""

@@ -42,7 +42,7 @@ from nfit.device import autocast, compute_dtype, configure_matmul, keep_grid_gra
 from nfit.errors import DivergenceError, UsageError
 from nfit.feeds import Feed, FeedContext, MemberRNG, Slice, build_feed
 from nfit.field import Field
-from nfit.objectives import Objective, OperatorObjective, Scores
+from nfit.objectives import Objective, OperatorObjective, Scores, sum_terms
 from nfit.problem import FitResult, FitState, HeldOut, PointSource, Problem, StepHook
 from nfit.schedules import OPTIMIZERS, lr_factor
 from nfit.stack import Members
@@ -137,14 +137,6 @@ def optimizer_state_cpu(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- one step
 
 
-def _sum_terms(terms: dict[str, torch.Tensor]) -> torch.Tensor:
-    values = list(terms.values())
-    total = values[0]
-    for v in values[1:]:
-        total = total + v
-    return total
-
-
 def pointwise_step(members: Members, slices: list[Slice], objective: Objective, device: torch.device,
                    precision: str) -> dict[str, torch.Tensor]:
     """Forward and backward of a pointwise objective over the step's slices; each slice's
@@ -164,7 +156,7 @@ def pointwise_step(members: Members, slices: list[Slice], objective: Objective, 
                 pred = members(s.read(members, dtype))
             terms = objective.terms(pred, s.target)
         terms = {name: value * s.share for name, value in terms.items()}
-        _sum_terms(terms).sum().backward()
+        sum_terms(terms).sum().backward()
         for name, value in terms.items():
             total[name] = total[name] + value.detach() if name in total else value.detach()
     return total
@@ -570,7 +562,7 @@ def train(fields: Sequence[Field], problem: Problem, cfg: FitConfig, *, device: 
             terms = operator_step(members, slices, objective, device, precision, keep_graphs)
         else:
             terms = pointwise_step(members, slices, objective, device, precision)
-        recent = _sum_terms(terms)
+        recent = sum_terms(terms)
         optimizer.step()
         stopper.check_loss(step, recent)
         out_of_time = stopper.out_of_time(elapsed())
