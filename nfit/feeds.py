@@ -142,6 +142,8 @@ class FullBatchFeed(Feed):
     """The whole fixed set every step, in contiguous slices prepared once when cached."""
 
     name = "full batch"
+    #: slices of ``ctx.rows`` on every device (else a GPU takes the whole set at once)
+    bounded = False
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x, self.y, self.points = x, y, len(x)
@@ -152,7 +154,7 @@ class FullBatchFeed(Feed):
     def start(self, ctx: FeedContext, raw: bool = False) -> None:
         super().start(ctx, raw)
         self.x, self.y = self.x.to(ctx.device), self.y.to(ctx.device)
-        rows = ctx.rows if ctx.device.type == "cpu" else max(len(self.x), 1)
+        rows = ctx.rows if ctx.device.type == "cpu" or self.bounded else max(len(self.x), 1)
         self.parts = [self.x[i:i + rows] for i in range(0, len(self.x), rows)]
         self.targets = [self.y[i:i + rows] for i in range(0, len(self.y), rows)]
         # Prepared once: a slice along N of one (K, N, F) tensor would be strided per member
@@ -219,31 +221,16 @@ class SamplerFeed(Feed):
         return self._cut(x, y, x.shape[-2])
 
 
-class GridFeed(Feed):
+class GridFeed(FullBatchFeed):
     """The whole grid of an operator problem: its coordinates in slices (prepared once when
-    cached); ``step`` hands them out with no targets (the loss is on measurements)."""
+    cached), with no targets (the loss is on measurements). Its slices are bounded on every
+    device: the whole-grid step holds one slice's graph, on a GPU too."""
 
     name = "whole grid"
+    bounded = True
 
     def __init__(self, coords: torch.Tensor) -> None:
-        self.x, self.points = coords, len(coords)
-
-    def fixed_points(self) -> int:
-        return len(self.x)
-
-    def start(self, ctx: FeedContext, raw: bool = False) -> None:
-        super().start(ctx, raw)
-        self.x = self.x.to(ctx.device)
-        # bounded slices on every device: the whole-grid step holds one slice's graph
-        rows = ctx.rows
-        self.parts = [self.x[i:i + rows] for i in range(0, len(self.x), rows)]
-        self.prepared = [ctx.members.prepare(p, ctx.dtype) for p in self.parts] if ctx.cache else None
-        self.empty = torch.zeros(0, device=ctx.device)
-
-    def step(self, step: int) -> list[Slice]:
-        n = len(self.x)
-        return [Slice(self.empty, len(p) / n, inputs=self.prepared[j] if self.prepared is not None else None,
-                      coords=p) for j, p in enumerate(self.parts)]
+        super().__init__(coords, coords[:, :0])
 
 
 def build_feed(problem: Problem, batch: str | int) -> Feed:
