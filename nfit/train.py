@@ -108,22 +108,31 @@ class TrainResult:
     watched: str | None = None
 
 
+def flatten_members(states: Sequence[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor]:
+    """K state dicts as one flat dict on the CPU: one member keeps its own keys, K > 1 are
+    "member{i}/key"; a member without a state (None) has no keys."""
+    if len(states) == 1:
+        return {k: v.detach().cpu().clone() for k, v in (states[0] or {}).items()}
+    return {f"member{i}/{k}": v.detach().cpu().clone()
+            for i, state in enumerate(states) for k, v in (state or {}).items()}
+
+
+def split_members(flat: dict[str, torch.Tensor], k: int) -> list[dict[str, torch.Tensor]]:
+    """The inverse of ``flatten_members``: K state dicts (empty where a member had none)."""
+    if k == 1:
+        return [dict(flat)]
+    prefixes = [f"member{i}/" for i in range(k)]
+    return [{key[len(p):]: v for key, v in flat.items() if key.startswith(p)} for p in prefixes]
+
+
 def member_states(fields: Sequence[Field]) -> dict[str, torch.Tensor]:
     """The fields' state dicts as one flat dict on the CPU (one field: its own keys)."""
-    if len(fields) == 1:
-        return {k: v.detach().cpu().clone() for k, v in fields[0].state_dict().items()}
-    return {f"member{i}/{k}": v.detach().cpu().clone()
-            for i, f in enumerate(fields) for k, v in f.state_dict().items()}
+    return flatten_members([f.state_dict() for f in fields])
 
 
 def load_member_states(fields: Sequence[Field], state: dict[str, torch.Tensor]) -> None:
-    if len(fields) == 1:
-        fields[0].load_state_dict(state, strict=True)
-        return
-    for i, f in enumerate(fields):
-        prefix = f"member{i}/"
-        f.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
-                          strict=True)
+    for f, own in zip(fields, split_members(state, len(fields)), strict=True):
+        f.load_state_dict(own, strict=True)
 
 
 def optimizer_state_cpu(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -399,21 +408,14 @@ class Plateau:
         """(FitState.best, FitState.best_model): flat keys as ``member_states``."""
         if not self.on:
             return None, {}
-        flat: dict[str, torch.Tensor] = {}
-        for i, state in enumerate(self.states):
-            if state is not None:
-                flat.update({(k if self.k == 1 else f"member{i}/{k}"): v.clone() for k, v in state.items()})
-        return {"steps": list(self.steps), "values": list(self.values)}, flat
+        return {"steps": list(self.steps), "values": list(self.values)}, flatten_members(self.states)
 
     def restore(self, best: dict[str, list[float]] | None, flat: dict[str, torch.Tensor]) -> None:
         if not self.on or best is None:
             return
         self.steps = [float(v) for v in best["steps"]]
         self.values = [float(v) for v in best["values"]]
-        for i in range(self.k):
-            prefix = "" if self.k == 1 else f"member{i}/"
-            own = {k[len(prefix):]: v.clone() for k, v in flat.items() if k.startswith(prefix)}
-            self.states[i] = own or None
+        self.states = [{k: v.clone() for k, v in own.items()} or None for own in split_members(flat, self.k)]
 
 
 # ---------------------------------------------------------------------------- resume
